@@ -1,0 +1,151 @@
+"""Rendering reports from measurements: jinja2 templates with StrictUndefined (a missing
+figure fails the render), atomic writes (a failed run keeps the last good report), PNG
+figures with stable bytes, and a provenance block."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "reports" / "templates"
+PACKAGES = ["torch", "faiss-cpu", "numpy", "pandas", "scipy", "implicit", "papermill", "jinja2",
+            "matplotlib"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure atomically with byte-stable metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    os.replace(tmp, path)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pct(value: float, digits: int = 2) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.{digits}f}%"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["f"] = fmt
+    env.filters["pct"] = pct
+    env.filters["signed"] = lambda v, d=4: ("n/a" if v != v else f"{v:+.{d}f}")
+    return env
+
+
+def render(template: str, context: dict) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lib", "params",
+                                "notebooks", "reports/templates"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": sys.version.split()[0]}
+    try:
+        import torch
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(params_files: list[Path], data_checksums: dict[str, str], wall_seconds: dict | None = None) -> dict:
+    return {
+        "git_commit": git_commit(),
+        "params": {str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p):
+                   sha256_file(p)[:16] for p in params_files},
+        "data_sha256": data_checksums,
+        "packages": package_versions(),
+        "machine": machine(),
+        "wall_seconds": wall_seconds or {},
+    }

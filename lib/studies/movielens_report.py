@@ -1,0 +1,258 @@
+"""Gather MovieLens runs into reports/EVALUATION_REPORT.md (+ .json, + figures)."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .. import stats  # noqa: E402
+from ..config import ParamsError, load_yaml, merge_checked  # noqa: E402
+from ..pipeline import ROOT, Run, build_root  # noqa: E402
+from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure  # noqa: E402
+
+REPORT_DEFAULTS = {
+    "output": "reports/EVALUATION_REPORT.md",
+    "title": "Two-tower retrieval on MovieLens-1M",
+    "main_run": "",                 # the reference configuration (per-epoch table, latency)
+    "fix_progression": [],          # [{label, params}]
+    "baselines": [],                # [{label, params}]
+    "two_tower_variants": [],       # [{label, params}] ablations, chosen on validation
+    "best_two_tower": "",           # the final improved configuration, touched on test
+    "other_datasets": [],           # [{label, dataset, two_tower, baselines: [{label, params}]}]
+    "targets": {},                  # metric -> {min, good}
+    "test_results": "build/test-results.xml",
+    "bootstrap": 1000,
+}
+OPEN = frozenset({"report.targets"})
+CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
+
+
+def report_config(raw: dict) -> dict:
+    cfg = merge_checked(REPORT_DEFAULTS, raw, "report", open_keys=OPEN)
+    for key in ("fix_progression", "baselines", "two_tower_variants"):
+        for entry in cfg[key]:
+            if not isinstance(entry, dict) or set(entry) != {"label", "params"}:
+                raise ParamsError(f"report.{key}: each entry needs exactly 'label' and 'params', got {entry!r}")
+    for entry in cfg["other_datasets"]:
+        if set(entry) != {"label", "two_tower", "baselines"}:
+            raise ParamsError(f"report.other_datasets: entries need label, two_tower, baselines; got {sorted(entry)}")
+    for metric, t in cfg["targets"].items():
+        if not isinstance(t, dict) or set(t) != {"min", "good"}:
+            raise ParamsError(f"report.targets.{metric}: needs exactly 'min' and 'good'")
+    cfg["runs"] = sorted(set(_all_params(cfg)))
+    return cfg
+
+
+def _all_params(cfg):
+    for key in ("main_run", "best_two_tower"):
+        if cfg[key]:
+            yield cfg[key]
+    for key in ("fix_progression", "baselines", "two_tower_variants"):
+        yield from (e["params"] for e in cfg[key])
+    for entry in cfg["other_datasets"]:
+        yield entry["two_tower"]
+        yield from (e["params"] for e in entry["baselines"])
+
+
+def _ensure(path: str, overrides: dict) -> dict:
+    """Evaluate a run (cached) and return its metrics.json content."""
+    from ..run import run_parameters
+    from . import movielens
+    run = Run(run_parameters(ROOT / path, overrides or None)["_cfg"])
+    movielens.evaluate(run)
+    out = json.loads((run.dir / "metrics.json").read_text())
+    out["_dir"] = str(run.dir)
+    out["_params"] = path
+    return out
+
+
+def _per_user(result: dict, split: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(Path(result["_dir"]) / "per_user.npz")
+    return z[f"{split}/users"], z[f"{split}/{metric}"]
+
+
+def _row(label: str, result: dict, split: str = "test") -> dict:
+    e = result["splits"][split]
+    return {"label": label, "m": e["metrics"], "ci": e.get("ci", {}), "coverage": e["coverage@100"],
+            "diversity": e["genre_diversity@10"], "n_users": e["n_users"],
+            "train_seconds": result["train"]["seconds"], "kind": result["config"]["model"]["kind"],
+            "params": result["_params"]}
+
+
+def _history_rows(result: dict) -> list[dict]:
+    return result["train"].get("history", [])
+
+
+def _fig_loss(curves: dict[str, dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for label, res in curves.items():
+        h = _history_rows(res)
+        if not h:
+            continue
+        ep = [r["epoch"] for r in h]
+        line, = axes[0].plot(ep, [r["train_loss"] for r in h], marker="o", ms=3, label=f"{label} train")
+        axes[0].plot(ep, [r["val_loss"] for r in h], ls="--", color=line.get_color(), label=f"{label} val")
+        axes[1].plot(ep, [r["val_ndcg@10"] for r in h], marker="o", ms=3, color=line.get_color(), label=label)
+    axes[0].set(xlabel="epoch", ylabel="loss (each run's own loss)", title="Training and validation loss")
+    axes[1].set(xlabel="epoch", ylabel="validation NDCG@10", title="Validation NDCG@10 per epoch")
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=6)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _fig_at_k(rows: list[dict], path: Path) -> None:
+    ks = [5, 10, 20, 50, 100]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for r in rows:
+        for ax, name in zip(axes, ("recall", "ndcg", "hit_rate")):
+            ax.plot(ks, [r["m"][f"{name}@{k}"] for k in ks], marker="o", ms=3, label=r["label"])
+    for ax, name in zip(axes, ("Recall@K", "NDCG@K", "HitRate@K")):
+        ax.set(xscale="log", xlabel="K", title=name)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    axes[2].legend(fontsize=6, loc="lower right")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _fig_ci(rows: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(rows) + 1.5))
+    for ax, metric in zip(axes, CMP_METRICS):
+        for i, r in enumerate(rows):
+            ci = r["ci"][metric]
+            ax.errorbar(ci["mean"], i, xerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]],
+                        fmt="o", capsize=3, color="C3" if r["kind"] == "two_tower" else "C0")
+        ax.set_yticks(range(len(rows)), [r["label"] for r in rows] if ax is axes[0] else [""] * len(rows))
+        ax.set(title=f"{metric} (95% bootstrap CI over users)")
+        ax.grid(axis="x", alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _test_summary(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tot = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    tot["passed"] = tot["tests"] - tot["failures"] - tot["errors"] - tot["skipped"]
+    tot["seconds"] = sum(float(s.get("time", 0)) for s in suites)
+    files = {}
+    for case in root.iter("testcase"):
+        mod = case.get("classname", "").split(".")
+        name = mod[1] if len(mod) > 1 else mod[0]
+        files[name] = files.get(name, 0) + 1
+    tot["by_file"] = dict(sorted(files.items()))
+    return tot
+
+
+def _paired(a: dict, b: dict, metric: str, n_boot: int, seed: int = 0) -> dict:
+    ua, va = _per_user(a, "test", metric)
+    ub, vb = _per_user(b, "test", metric)
+    if not np.array_equal(ua, ub):
+        raise RuntimeError("paired test needs the same evaluated users")
+    return stats.paired_bootstrap(va, vb, n_boot=n_boot, seed=seed)
+
+
+def _verdicts(best_tt: dict, rows: list[dict]) -> list[dict]:
+    out = []
+    base = [r for r in rows if r["kind"] != "two_tower"]
+    for metric in CMP_METRICS:
+        top = max(base, key=lambda r: r["m"][metric])
+        out.append({"metric": metric, "best_baseline": top["label"], "baseline": top["m"][metric],
+                    "two_tower": best_tt["m"][metric], "wins": best_tt["m"][metric] >= top["m"][metric]})
+    return out
+
+
+def render_report(rcfg: dict) -> dict:
+    t0 = time.perf_counter()
+    ov = rcfg["run_overrides"]
+    out_md = Path(rcfg["output"])
+    out_md = out_md if out_md.is_absolute() else ROOT / out_md
+    fig_dir = out_md.parent / "figures"
+    cache: dict[str, dict] = {}
+
+    def get(path):
+        if path not in cache:
+            cache[path] = _ensure(path, ov)
+        return cache[path]
+
+    main = get(rcfg["main_run"])
+    fix = [_row(e["label"], get(e["params"])) for e in rcfg["fix_progression"]]
+    base_rows = [_row(e["label"], get(e["params"])) for e in rcfg["baselines"]]
+    variants = []
+    for e in rcfg["two_tower_variants"]:
+        res = get(e["params"])
+        v = res["splits"]["val"]
+        variants.append({"label": e["label"], "m": v["metrics"], "params": e["params"],
+                         "train_seconds": res["train"]["seconds"], "best_epoch": res["train"].get("best_epoch"),
+                         "config": res["config"], "parameters": res["train"].get("parameters", {}).get("total")})
+    best = get(rcfg["best_two_tower"]) if rcfg["best_two_tower"] else main
+    main_row = _row("Two-tower (reference config)", main)
+    best_row = _row("Two-tower (best, chosen on validation)", best)
+    comparison = base_rows + [main_row] + ([best_row] if rcfg["best_two_tower"] else [])
+    best_base = max(base_rows, key=lambda r: r["m"]["ndcg@10"]) if base_rows else None
+    paired = {}
+    if best_base is not None:
+        bb = get(best_base["params"])
+        paired = {m: _paired(best, bb, m, rcfg["bootstrap"]) for m in CMP_METRICS}
+    verdicts = _verdicts(best_row, comparison) if base_rows else []
+    main_losses = [r for r in base_rows if any(r["m"][m] > main_row["m"][m] for m in CMP_METRICS)]
+
+    others = []
+    for entry in rcfg["other_datasets"]:
+        tt = _row("Two-tower (best config)", get(entry["two_tower"]))
+        rows = [_row(b["label"], get(b["params"])) for b in entry["baselines"]] + [tt]
+        others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows),
+                       "data": get(entry["two_tower"])["data"]})
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = {"loss": fig_dir / "ml_loss_curves.png", "at_k": fig_dir / "ml_metrics_at_k.png",
+            "ci": fig_dir / "ml_confidence_intervals.png"}
+    curves = {"reference config": main, **{e["label"]: get(e["params"]) for e in rcfg["fix_progression"]}}
+    if rcfg["best_two_tower"]:
+        curves["best two-tower"] = best
+    _fig_loss(curves, figs["loss"])
+    _fig_at_k(comparison, figs["at_k"])
+    _fig_ci(comparison, figs["ci"])
+
+    targets = []
+    for metric, t in rcfg["targets"].items():
+        got = best_row["m"][metric]
+        ref = main_row["m"][metric]
+        targets.append({"metric": metric, "min": t["min"], "good": t["good"], "reference_config": ref,
+                        "best": got, "status": "good" if got > t["good"] else ("min" if got > t["min"] else "below")})
+
+    params_files = [ROOT / p for p in rcfg["runs"]] + [Path(rcfg["report_file"])]
+    checks = {}
+    for res in cache.values():
+        for name, digest in res["data"].get("checksums", {}).items():
+            checks[f"{res['data']['name']}/{name}"] = digest
+    wall = {Path(res["_params"]).stem: round(res["train"]["seconds"], 1) for res in cache.values()}
+    context = {
+        "title": rcfg["title"], "main": main, "main_row": main_row, "best": best, "best_row": best_row,
+        "has_best": bool(rcfg["best_two_tower"]), "fix": fix, "baselines": base_rows, "comparison": comparison,
+        "variants": variants, "paired": paired, "best_base": best_base, "verdicts": verdicts,
+        "main_losses": main_losses, "others": others, "targets": targets,
+        "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
+        "figs": {k: f"figures/{v.name}" for k, v in figs.items()}, "cmp_metrics": CMP_METRICS,
+        "ks": [5, 10, 20, 50, 100],
+    }
+    prov = provenance(params_files, checks, wall)
+    prov["report_seconds"] = round(time.perf_counter() - t0, 1)
+    context["provenance"] = prov
+    md = render("evaluation_report.md.j2", context)
+    companion = {k: v for k, v in context.items() if k not in ("main", "best")}
+    companion["runs"] = {Path(r["_params"]).stem: {kk: vv for kk, vv in r.items() if not kk.startswith("_")}
+                         for r in cache.values()}
+    atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
+    atomic_write_text(out_md, md)
+    return {"report": str(out_md), "seconds": prov["report_seconds"]}

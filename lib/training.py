@@ -1,0 +1,251 @@
+"""Two-tower training: one readable loop (nanoGPT style), config as plain values.
+
+Per step the item tower embeds the whole catalog once (a few thousand items: cheap and
+exact), and positives, explicit negatives, hard negatives and the full-softmax logits are
+all read from that one matrix.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import losses
+from .prepared import PreparedData
+from .towers import ItemTower, TwoTower, UserTower
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class NegativeSampler:
+    """Uniform negatives that are never one of the user's training items."""
+
+    def __init__(self, seen: sp.csr_matrix):
+        self.n_items = seen.shape[1]
+        coo = seen.tocoo()
+        self.keys = np.unique(coo.row.astype(np.int64) * self.n_items + coo.col)
+
+    def is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users.astype(np.int64) * self.n_items + items
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return self.keys[pos] == q
+
+    def sample(self, users: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        u = np.repeat(users, n)
+        items = rng.integers(0, self.n_items, len(u))
+        bad = self.is_seen(u, items)
+        for _ in range(100):
+            if not bad.any():
+                break
+            items[bad] = rng.integers(0, self.n_items, int(bad.sum()))
+            bad[bad] = self.is_seen(u[bad], items[bad])
+        if bad.any():
+            raise RuntimeError("could not sample unseen negatives: a user has seen almost every item")
+        return items.reshape(len(users), n)
+
+
+def history_weights(data: PreparedData, mode: str, half_life_days: float) -> sp.csr_matrix:
+    """User x item weights over *training* interactions only (no val/test leakage)."""
+    tr = data.train
+    if mode == "mean":
+        w = np.ones(len(tr), np.float32)
+    elif mode == "recency":
+        last = tr.groupby("user")["timestamp"].transform("max").to_numpy()
+        age_days = (last - tr["timestamp"].to_numpy()) / 86400.0
+        w = (0.5 ** (age_days / half_life_days)).astype(np.float32)
+    else:
+        raise ValueError(mode)
+    return sp.csr_matrix((w, (tr["user"].to_numpy(), tr["item"].to_numpy())),
+                         shape=(data.n_users, data.n_items))
+
+
+def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
+    user = UserTower(data.n_users, data.n_items, data.user_gender, data.user_age,
+                     data.user_occupation, model_cfg)
+    item = ItemTower(data.n_items, data.item_genres, data.item_year, model_cfg)
+    if model_cfg["history"] != "none":
+        user.set_history(history_weights(data, model_cfg["history"], model_cfg["history_half_life_days"]))
+    return TwoTower(user, item)
+
+
+@dataclass
+class TrainResult:
+    model: TwoTower
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_epoch: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+
+
+class Trainer:
+    def __init__(self, data: PreparedData, model_cfg: dict, loss_cfg: dict, train_cfg: dict,
+                 seed: int, device: str = "cpu"):
+        self.data, self.loss_cfg, self.train_cfg, self.seed = data, loss_cfg, train_cfg, seed
+        self.device = pick_device(device)
+        seed_everything(seed)
+        self.model = build_model(data, model_cfg).to(self.device)
+        self.seen = data.matrix("train")
+        self.sampler = NegativeSampler(self.seen)
+        min_r = train_cfg["positive_min_rating"]
+        tr = data.train[data.train["rating"] >= min_r]
+        self.train_users, self.train_items = tr["user"].to_numpy(), tr["item"].to_numpy()
+        va = data.val[data.val["rating"] >= min_r]
+        self.val_users, self.val_items = va["user"].to_numpy(), va["item"].to_numpy()
+        counts = np.bincount(self.train_items, minlength=data.n_items).astype(np.float64)
+        q = (counts + 1.0) / (counts.sum() + data.n_items)  # candidate sampling probability
+        self.log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg["learning_rate"],
+                                          weight_decay=train_cfg["weight_decay"])
+
+    # -- loss for one batch: kept separate so tests can probe it -------------------------
+    def batch_loss(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray | None,
+                   leave_out_target: bool = True) -> torch.Tensor:
+        cfg = self.loss_cfg
+        dev = self.device
+        u_t = torch.as_tensor(users, device=dev)
+        i_t = torch.as_tensor(items, device=dev)
+        user_vec = self.model.user_tower(u_t, leave_out=i_t if leave_out_target else None)
+        all_items = self.model.item_tower()
+        pos = F.embedding(i_t, all_items)
+        temp = cfg["temperature"]
+        kind = cfg["kind"]
+        terms = {}
+        if kind in ("explicit", "mixed"):
+            neg_ids = torch.as_tensor(negatives, device=dev)
+            if cfg["num_hard_negatives"] > 0:
+                neg_ids = torch.cat([neg_ids, self._hard_negatives(users, user_vec, all_items)], dim=1)
+            terms["explicit"] = losses.sampled_softmax(user_vec, pos, F.embedding(neg_ids, all_items), temp)
+        if kind in ("in_batch", "mixed"):
+            terms["in_batch"] = losses.in_batch_softmax(
+                user_vec, pos, temp, item_ids=i_t,
+                log_q=self.log_q[i_t] if cfg["logq_correction"] else None,
+                remove_accidental_hits=cfg["remove_accidental_hits"])
+        if kind == "full_softmax":
+            mask = None
+            if cfg["remove_accidental_hits"]:
+                mask = torch.as_tensor(self.seen[users].toarray() > 0, device=dev)
+            terms["full"] = losses.full_softmax(user_vec, all_items, i_t, temp, mask)
+        if kind == "mixed":
+            w = cfg["explicit_weight"]
+            return w * terms["explicit"] + (1 - w) * terms["in_batch"]
+        (loss,) = terms.values()
+        return loss
+
+    def _hard_negatives(self, users: np.ndarray, user_vec: torch.Tensor, all_items: torch.Tensor) -> torch.Tensor:
+        """Items the current model ranks highest that the user never saw in training:
+        pick ``num_hard_negatives`` at random from the top ``hard_negative_pool``."""
+        with torch.no_grad():
+            scores = user_vec @ all_items.T
+            seen = torch.as_tensor(self.seen[users].toarray() > 0, device=scores.device)
+            scores = scores.masked_fill(seen, float("-inf"))
+            pool = torch.topk(scores, self.loss_cfg["hard_negative_pool"], dim=1).indices
+            pick = torch.randint(0, pool.shape[1], (len(users), self.loss_cfg["num_hard_negatives"]),
+                                 generator=self._gen, device="cpu").to(scores.device)
+            return torch.gather(pool, 1, pick)
+
+    def _negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        if self.loss_cfg["kind"] in ("explicit", "mixed"):
+            return self.sampler.sample(users, self.loss_cfg["num_negatives"], rng)
+        return None
+
+    def validation_loss(self) -> float:
+        """Same loss on validation positives, fixed negatives and batch order (seeded)."""
+        if len(self.val_users) == 0:
+            return float("nan")
+        rng = np.random.default_rng(self.seed + 10_000)
+        bs = self.train_cfg["batch_size"]
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(self.val_users), bs):
+                u, i = self.val_users[s:s + bs], self.val_items[s:s + bs]
+                loss = self.batch_loss(u, i, self._negatives(u, rng), leave_out_target=False)
+                total += float(loss) * len(u)
+                n += len(u)
+        return total / n
+
+    def fit(self, on_epoch=None, progress: bool = True) -> TrainResult:
+        cfg = self.train_cfg
+        bs = cfg["batch_size"]
+        rng = np.random.default_rng(self.seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        best, best_state, bad_epochs = math.inf, None, 0
+        result = TrainResult(self.model)
+        start = time.perf_counter()
+        n = len(self.train_users)
+        for epoch in range(1, cfg["max_epochs"] + 1):
+            self.model.train()
+            order = rng.permutation(n)
+            total, t0 = 0.0, time.perf_counter()
+            steps = range(0, n - bs + 1 if n >= bs else 1, bs)  # drop the ragged last batch
+            for s in tqdm(steps, desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2):
+                idx = order[s:s + bs]
+                u, i = self.train_users[idx], self.train_items[idx]
+                loss = self.batch_loss(u, i, self._negatives(u, rng))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                result.steps += 1
+            row = {"epoch": epoch, "train_loss": total / len(steps), "val_loss": self.validation_loss(),
+                   "seconds": time.perf_counter() - t0}
+            if on_epoch is not None:
+                row.update(on_epoch(self.model) or {})
+            monitor = cfg["early_stopping_metric"]
+            value = row[monitor] if monitor == "val_loss" else -row[monitor]
+            improved = value < best - 1e-6
+            row["best"] = improved
+            result.history.append(row)
+            if improved:
+                best, best_state, bad_epochs = value, copy.deepcopy(self.model.state_dict()), 0
+                result.best_epoch = epoch
+            else:
+                bad_epochs += 1
+            print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f}"
+                  + (f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else "")
+                  + (" *" if improved else ""), flush=True)
+            result.stopped_epoch = epoch
+            if bad_epochs >= cfg["patience"]:
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        result.seconds = time.perf_counter() - start
+        return result
+
+    # -- embeddings for retrieval ------------------------------------------------------------
+    @torch.no_grad()
+    def user_embeddings(self, users: np.ndarray) -> np.ndarray:
+        return embed_users(self.model, users, self.device)
+
+    @torch.no_grad()
+    def item_embeddings(self) -> np.ndarray:
+        return self.model.item_tower().cpu().numpy()
+
+
+@torch.no_grad()
+def embed_users(model: TwoTower, users: np.ndarray, device, batch_size: int = 4096) -> np.ndarray:
+    model.eval()
+    out = [model.user_tower(torch.as_tensor(users[s:s + batch_size], device=device)).cpu().numpy()
+           for s in range(0, len(users), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
