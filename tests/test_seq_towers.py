@@ -1,0 +1,60 @@
+"""Heuristic queries, the residual tower at initialisation, and the update count."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.seq.towers import GRUPoolQuery, ResidualQuery, exp_weights, heuristic_query
+from lib.seq.train import updates_per_epoch
+
+
+def test_exp_weights_proportional_to_decay_power():
+    w = exp_weights(6, 0.8)
+    t = torch.arange(1, 7, dtype=torch.float32)
+    expected = 0.8 ** (6 - t)
+    assert torch.allclose(w / w[-1], expected)   # the last chunk weighs most
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+
+
+def test_heuristics():
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randn(4, 9, 5, generator=g)
+    assert torch.allclose(heuristic_query(ctx, "last"), F.normalize(ctx[:, -1], dim=-1))
+    assert torch.allclose(heuristic_query(ctx, "mean"), F.normalize(ctx.mean(1), dim=-1))
+    manual = sum(0.9 ** (9 - t) * ctx[:, t - 1] for t in range(1, 10))
+    assert torch.allclose(heuristic_query(ctx, "exp_weighted", 0.9), F.normalize(manual, dim=-1), atol=1e-6)
+    # decay 1 is the mean; a tiny decay is (almost) the last chunk
+    assert torch.allclose(heuristic_query(ctx, "exp_weighted", 1.0), heuristic_query(ctx, "mean"), atol=1e-6)
+    with pytest.raises(ValueError):
+        heuristic_query(ctx, "median")
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.5])
+def test_residual_tower_equals_heuristic_at_init(decay):
+    torch.manual_seed(0)
+    tower = ResidualQuery(16, hidden=8, decay=decay)
+    ctx = torch.randn(5, 12, 16)
+    assert torch.allclose(tower(ctx), heuristic_query(ctx, "exp_weighted", decay), atol=1e-6)
+    # and it can move away: one step changes the output
+    opt = torch.optim.AdamW(tower.parameters(), lr=1e-2)
+    tower(ctx).sum().backward()
+    opt.step()
+    assert not torch.allclose(tower(ctx), heuristic_query(ctx, "exp_weighted", decay), atol=1e-4)
+
+
+def test_gru_tower_shape_and_norm():
+    torch.manual_seed(0)
+    q = GRUPoolQuery(16, hidden=8)(torch.randn(3, 7, 16))
+    assert q.shape == (3, 16)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("pairs,batch,accum,expected", [
+    (138, 32, 8, 1),      # v1: 5 micro-batches -> 1 update per epoch (20 in 20 epochs)
+    (1247, 32, 8, 5),     # v2: 39 micro-batches -> 5 per epoch (40 in 8 epochs)
+    (1247, 32, 1, 39),
+    (256, 32, 8, 1),
+    (257, 32, 8, 2),
+])
+def test_update_count(pairs, batch, accum, expected):
+    assert updates_per_epoch(pairs, batch, accum) == expected
