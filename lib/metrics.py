@@ -29,7 +29,8 @@ def hit_matrix(topk: np.ndarray, truth: sp.csr_matrix, users: np.ndarray) -> np.
     query = np.arange(n, dtype=np.int64)[:, None] * n_items + topk.astype(np.int64)
     pos = np.searchsorted(keys, query)
     pos = np.minimum(pos, max(len(keys) - 1, 0))
-    return (keys[pos] == query) if len(keys) else np.zeros((n, k), bool)
+    found = (keys[pos] == query) if len(keys) else np.zeros((n, k), bool)
+    return found & (topk >= 0)  # -1 pads a list that ran out of unseen items
 
 
 def per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks=KS) -> dict[str, np.ndarray]:
@@ -66,7 +67,7 @@ def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
 
 def coverage(topk: np.ndarray, n_items: int) -> float:
     """Distinct items in all evaluated users' lists / catalog size."""
-    return float(len(np.unique(topk)) / n_items)
+    return float(len(np.setdiff1d(np.unique(topk), [-1])) / n_items)
 
 
 def intra_list_distance(topk: np.ndarray, item_vectors: np.ndarray, metric: str = "jaccard") -> float:
@@ -76,6 +77,8 @@ def intra_list_distance(topk: np.ndarray, item_vectors: np.ndarray, metric: str 
     across models; ``cosine`` on a model's own embeddings is the reference's definition
     and only compares a model with itself.
     """
+    if (topk < 0).any():
+        raise ValueError("diversity needs full lists (no -1 padding)")
     v = item_vectors[topk].astype(np.float64)  # (n, k, d)
     n, k, _ = v.shape
     if metric == "jaccard":

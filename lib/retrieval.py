@@ -1,4 +1,5 @@
 """Top-K retrieval over the full catalog, never returning an excluded (already seen) item.
+When a user has fewer than K unseen items (tiny catalogs), the list is padded with -1.
 
 Two paths with one contract:
 - ``faiss_topk``: embedding models. An exact inner-product FAISS index over all item
@@ -33,9 +34,8 @@ def _filter_excluded(ids: np.ndarray, rows: sp.csr_matrix, k: int) -> np.ndarray
         cand = cand[cand >= 0]
         if len(seen):
             cand = cand[~np.isin(cand, seen, assume_unique=False)]
-        if len(cand) < k:
-            raise RuntimeError("fewer candidates than k after exclusion: catalog too small")
-        out[r] = cand[:k]
+        out[r] = -1  # a small catalog can run out of unseen items: pad, never a hit
+        out[r, :min(k, len(cand))] = cand[:k]
     return out
 
 
@@ -68,7 +68,10 @@ def dense_topk(score_fn: Callable[[np.ndarray], np.ndarray], users: np.ndarray,
         if exclude is not None:
             rows = exclude[ub].tocoo()
             scores[torch.as_tensor(rows.row, dtype=torch.long), torch.as_tensor(rows.col, dtype=torch.long)] = -torch.inf
-        out[start:start + len(ub)] = torch.topk(scores, k, dim=1).indices.numpy()
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        ids = np.full((len(ub), k), -1, np.int64)
+        ids[:, :top.indices.shape[1]] = np.where(torch.isinf(top.values).numpy(), -1, top.indices.numpy())
+        out[start:start + len(ub)] = ids
     return out
 
 

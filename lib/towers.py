@@ -84,7 +84,7 @@ class UserTower(nn.Module):
         self.history = cfg["history"]
         fd = cfg["feature_dim"]
         for name, arr in (("gender", gender), ("age", age), ("occupation", occupation)):
-            self.register_buffer(name, torch.as_tensor(arr, dtype=torch.long))
+            self.register_buffer(name, torch.tensor(np.asarray(arr), dtype=torch.long))
         in_dim = 0
         if self.use_features:
             self.gender_emb = nn.Embedding(int(gender.max()) + 1, fd)
@@ -112,16 +112,17 @@ class UserTower(nn.Module):
         self.has_history = torch.as_tensor(np.diff(self.hist.indptr) > 0, device=self.has_history.device)
 
     def _pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None) -> torch.Tensor:
-        rows = self.hist[users.cpu().numpy()].tocoo()
         dev = self.hist_emb.weight.device
+        rows = self.hist[np.array(users.cpu())].tocoo()
         idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
-        w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), self.hist.shape[1]))
+        w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), self.hist.shape[1]),
+                                    check_invariants=False)
         total = torch.sparse.mm(w, self.hist_emb.weight)
-        norm = torch.as_tensor(np.asarray(self.hist[users.cpu().numpy()].sum(axis=1)).ravel(), device=dev)
+        norm = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values())
         if leave_out is not None:
             # The training target must not be in its own history (it would be copied, not predicted).
-            w_t = torch.as_tensor(np.asarray(self.hist[users.cpu().numpy(), leave_out.cpu().numpy()]).ravel(),
-                                  device=dev, dtype=torch.float32)
+            is_target = torch.as_tensor(rows.col == np.array(leave_out.cpu())[rows.row], device=dev)
+            w_t = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values() * is_target)
             total = total - w_t[:, None] * self.hist_emb(leave_out)
             norm = norm - w_t
         return total / norm.clamp_min(1e-6)[:, None]

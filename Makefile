@@ -1,0 +1,54 @@
+# twotower-lab: `make report` regenerates every report from data; `make test` runs the tests.
+# Both set up the virtual environment on first use (.venv, from requirements*.txt).
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# Where MovieLens lives: a folder with ml-1m/ and ml-100k/ laid out like the official archives.
+# Defaults to ../shared/data when it exists; unset, the official archive is downloaded (checksummed).
+TWOTOWER_DATA_ROOT ?= $(if $(wildcard ../shared/data/ml-1m),$(abspath ../shared/data),)
+export TWOTOWER_DATA_ROOT
+export PYTHONPATH := $(CURDIR)
+export MPLBACKEND := Agg
+# torch and faiss each bring OpenMP; pin both to the machine's cores (2 here).
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test unit notebooks report report-movielens report-wikiseq bench clean strip
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests notebooks --nbmake -p no:cacheprovider
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+notebooks: setup
+	$(PY) -m pytest -q --nbmake notebooks
+
+report: report-movielens report-wikiseq
+
+build/test-results.xml: setup
+	mkdir -p build
+	$(PY) -m pytest -q tests --junitxml=build/test-results.xml
+
+report-movielens: setup build/test-results.xml
+	$(PY) -m lib.run --report params/movielens/report.yaml
+
+report-wikiseq: setup
+	$(PY) -m lib.run --report params/wikiseq/report.yaml
+
+bench: setup
+	$(PY) -m lib.bench
+
+strip: setup
+	$(VENV)/bin/nbstripout --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.execution" notebooks/*.ipynb
+
+clean:
+	rm -rf build

@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("TWOTOWER_DATA_ROOT", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_build(tmp_path_factory, monkeypatch):
+    """Every test writes its artifacts into its own temporary build folder."""
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path_factory.mktemp("build")))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "ml-1m" / "ratings.dat").is_file():
+        pytest.skip(f"MovieLens data not found under {SHARED} (set TWOTOWER_DATA_ROOT)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    from lib import movielens, prepared
+    src = movielens.write_synthetic_ml1m(tmp_path_factory.mktemp("syn"), n_users=120, n_items=80,
+                                         n_ratings=4000, seed=1)
+    return prepared.prepare(movielens.parse_ml1m(src, verify=False))
