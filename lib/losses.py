@@ -13,7 +13,8 @@ import torch.nn.functional as F
 def in_batch_softmax(user: torch.Tensor, pos: torch.Tensor, temperature: float,
                      item_ids: torch.Tensor | None = None,
                      log_q: torch.Tensor | None = None,
-                     remove_accidental_hits: bool = False) -> torch.Tensor:
+                     remove_accidental_hits: bool = False,
+                     user_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Each user's positive against the other positives of the batch.
 
     ``log_q``: log sampling probability of each *candidate column* (the batch's items).
@@ -21,8 +22,12 @@ def in_batch_softmax(user: torch.Tensor, pos: torch.Tensor, temperature: float,
     over-represented as in-batch negatives, are not over-penalised. (TFRS issue #219: the
     sign was once inverted.) ``remove_accidental_hits``: a column whose item equals the
     row's positive item (the same item twice in a batch) is not a negative: masked out.
+    ``user_rows``: if given, ``user`` holds distinct rows and row b of the batch is
+    ``user[user_rows[b]]`` (saves the matmul for users with identical embeddings).
     """
     logits = user @ pos.T / temperature
+    if user_rows is not None:
+        logits = logits[user_rows]
     if log_q is not None:
         logits = logits - log_q[None, :]
     if remove_accidental_hits:
@@ -31,7 +36,7 @@ def in_batch_softmax(user: torch.Tensor, pos: torch.Tensor, temperature: float,
         same = item_ids[:, None] == item_ids[None, :]
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(user.shape[0], device=user.device)
+    labels = torch.arange(logits.shape[0], device=user.device)
     return F.cross_entropy(logits, labels)
 
 
@@ -39,7 +44,7 @@ def sampled_softmax(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                     temperature: float) -> torch.Tensor:
     """Explicit negatives: ``neg`` is (B, n_neg, d); each row's positive vs its negatives."""
     pos_logit = (user * pos).sum(-1, keepdim=True)
-    neg_logit = torch.einsum("bd,bnd->bn", user, neg)
+    neg_logit = (user[:, None, :] * neg).sum(-1)  # a batched 1 x d @ d x n is slow on CPU
     logits = torch.cat([pos_logit, neg_logit], dim=1) / temperature
     labels = torch.zeros(user.shape[0], dtype=torch.long, device=user.device)
     return F.cross_entropy(logits, labels)

@@ -62,9 +62,21 @@ class ItemTower(nn.Module):
         if in_dim == 0:
             raise ValueError("item tower has no input: enable item_features or id_embeddings")
         self.net = mlp(in_dim, cfg["hidden"], cfg["embedding_dim"], cfg["dropout"])
+        # Features-only: items with identical features get identical embeddings, so the MLP
+        # runs once per distinct feature row (ML-1M: 1,479 rows for 3,416 movies) and the
+        # result is gathered. Exact in eval mode; in training, such items share a dropout mask.
+        self.grouped = self.use_features and not self.use_ids
+        if self.grouped:
+            feats = np.concatenate([genres, y[:, None]], axis=1)
+            rows, inverse = np.unique(feats, axis=0, return_inverse=True)
+            self.register_buffer("group_features", torch.as_tensor(rows, dtype=torch.float32))
+            self.register_buffer("item_group", torch.as_tensor(inverse.ravel(), dtype=torch.long))
 
     def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of ``items`` (all items if None), L2-normalised."""
+        if self.grouped:
+            out = F.normalize(self.net(self.group_features), dim=-1)
+            return out[self.item_group] if items is None else out[self.item_group[items]]
         parts = []
         if self.use_features:
             g = self.genres if items is None else self.genres[items]
@@ -127,7 +139,27 @@ class UserTower(nn.Module):
             norm = norm - w_t
         return total / norm.clamp_min(1e-6)[:, None]
 
+    @property
+    def grouped(self) -> bool:
+        return self.use_features and not self.use_ids and self.history == "none"
+
+    def forward_grouped(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features only: run the MLP once per distinct (gender, age, occupation) in the
+        batch (ML-1M has 241 in all). Returns (embeddings of the distinct rows, row index of
+        each user). See ItemTower for the dropout caveat."""
+        key = (self.gender[users] * self.age_emb.num_embeddings + self.age[users]) \
+            * self.occ_emb.num_embeddings + self.occupation[users]
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        first = torch.zeros_like(uniq).scatter_(0, inverse, users)  # one user per distinct key
+        return self._features_forward(first), inverse
+
     def forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+        if self.grouped:
+            rows, inverse = self.forward_grouped(users)
+            return rows[inverse]
+        return self._features_forward(users, leave_out)
+
+    def _features_forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
         parts = []
         if self.use_features:
             parts += [self.gender_emb(self.gender[users]), self.age_emb(self.age[users]),

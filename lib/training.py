@@ -124,7 +124,13 @@ class Trainer:
         dev = self.device
         u_t = torch.as_tensor(users, device=dev)
         i_t = torch.as_tensor(items, device=dev)
-        user_vec = self.model.user_tower(u_t, leave_out=i_t if leave_out_target else None)
+        tower = self.model.user_tower
+        user_rows = None
+        if tower.grouped:
+            user_distinct, user_rows = tower.forward_grouped(u_t)
+            user_vec = user_distinct[user_rows]
+        else:
+            user_vec = tower(u_t, leave_out=i_t if leave_out_target else None)
         all_items = self.model.item_tower()
         pos = F.embedding(i_t, all_items)
         temp = cfg["temperature"]
@@ -137,7 +143,7 @@ class Trainer:
             terms["explicit"] = losses.sampled_softmax(user_vec, pos, F.embedding(neg_ids, all_items), temp)
         if kind in ("in_batch", "mixed"):
             terms["in_batch"] = losses.in_batch_softmax(
-                user_vec, pos, temp, item_ids=i_t,
+                user_vec if user_rows is None else user_distinct, pos, temp, item_ids=i_t, user_rows=user_rows,
                 log_q=self.log_q[i_t] if cfg["logq_correction"] else None,
                 remove_accidental_hits=cfg["remove_accidental_hits"])
         if kind == "full_softmax":

@@ -1,0 +1,57 @@
+"""Benchmark the MovieLens speed targets and print the figures.
+
+    python -m lib.bench [--params params/movielens/two_tower_reference.yaml]
+
+Measures, on this machine: (1) one full training run of the given config (early stopping
+included), (2) scoring and ranking all evaluated test users over the full catalog (top-100,
+training items excluded, FAISS), (3) the metric computation. Prints each with its target.
+Runs in a temporary build folder, so it never touches cached runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params/movielens/two_tower_reference.yaml")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["TWOTOWER_BUILD_DIR"] = tmp
+        import torch
+
+        from . import metrics
+        from .pipeline import ROOT, Run
+        from .run import run_parameters
+        from .studies import movielens as study
+
+        run = Run(run_parameters(ROOT / args.params)["_cfg"])
+        data = study.load_data(run)
+        t0 = time.perf_counter()
+        study.train(run)
+        train_s = time.perf_counter() - t0
+        model = study.load_model(run, data)
+        torch.set_num_threads(run.cfg["train"]["threads"])
+        truth, users = study._truth(data, run.cfg, "test")
+        t0 = time.perf_counter()
+        top = study.rank(model, data, users, 100, "cpu")
+        rank_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics.per_user_metrics(metrics.hit_matrix(top, truth, users), np.diff(truth[users].indptr))
+        metric_s = time.perf_counter() - t0
+    rows = [("training run, " + args.params, train_s, 180.0),
+            (f"score + rank {len(users):,} users x {data.n_items:,} items", rank_s, 5.0),
+            ("metrics for those users", metric_s, None)]
+    for name, secs, target in rows:
+        verdict = "" if target is None else (f"target < {target:.0f} s: " + ("PASS" if secs < target else "FAIL"))
+        print(f"{name:<70} {secs:8.2f} s  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
