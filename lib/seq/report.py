@@ -206,3 +206,35 @@ def render_report(report_cfg: dict) -> dict:
     atomic_write_text(out_md, md)
     return {"report": str(out_md), "cause": v["cause"], "statement": v["statement"],
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> None:
+    """python -m lib.seq.report params/wikiseq/report.yaml [--runs role,role] [--no-render]
+    Evaluates the listed runs (all by default; cached), then renders the report. Several
+    processes with disjoint --runs --no-render can pre-compute runs in parallel."""
+    import argparse
+    ap = argparse.ArgumentParser(description="render the wikiseq report")
+    ap.add_argument("report_file")
+    ap.add_argument("--runs", default="", help="comma-separated roles to evaluate (default: all)")
+    ap.add_argument("--no-render", action="store_true")
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args(argv)
+    raw = load_yaml(args.report_file)
+    raw.setdefault("report", {})
+    raw["report"]["report_file"] = args.report_file
+    if args.output:
+        raw["report"]["output"] = args.output
+    cfg = report_config(raw)
+    roles = [r for r in args.runs.split(",") if r] or list(ROLES)
+    for role in roles:
+        if role not in ROLES:
+            raise ParamsError(f"unknown role {role!r}; known: {list(ROLES)}")
+        t0 = time.perf_counter()
+        _ensure(cfg["runs"][role], cfg["run_overrides"])
+        print(f"[{role}] evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not args.no_render:
+        print(render_report(raw))
+
+
+if __name__ == "__main__":
+    main()

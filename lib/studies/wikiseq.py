@@ -161,13 +161,15 @@ def load_bank(run) -> bankmod.Bank:
                                   cfg["data"]["split_seed"], log=_log)
         bankmod.save_bank(bank, folder)
         _log(f"bank {key}: {len(bank):,} chunks x {bank.dim} in {time.perf_counter() - t0:.1f} s")
-    _MEMO.clear() if len(_MEMO) > 4 else None
+    if len(_MEMO) > 8:   # one bank and its indexes at a time is enough
+        _MEMO.clear()
     _MEMO[key] = bank
     return bank
 
 
 def _index(bank: bankmod.Bank, kind: str, nlist, nprobe, seed=0, subset=None):
-    mkey = ("index", bank.key, kind, nlist, nprobe, None if subset is None else len(subset))
+    sub = None if subset is None else hashlib.sha256(np.asarray(subset, np.int64).tobytes()).hexdigest()
+    mkey = ("index", bank.key, kind, nlist, nprobe, sub)
     if mkey not in _MEMO:
         vecs = bank.vectors if subset is None else bank.vectors[subset]
         _MEMO[mkey] = retrieval.build_index(vecs, kind, nlist, nprobe, seed)
