@@ -123,9 +123,13 @@ class UserTower(nn.Module):
         self.hist = weights.tocsr().astype(np.float32)
         self.has_history = torch.as_tensor(np.diff(self.hist.indptr) > 0, device=self.has_history.device)
 
-    def _pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None) -> torch.Tensor:
+    def _pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None,
+                        weights: sp.csr_matrix | None = None) -> torch.Tensor:
+        """Weighted mean of the history items' embeddings. ``weights`` (len(users) x
+        n_items) replaces the stored history rows (user-batched training feeds only the
+        input part of a user's history there)."""
         dev = self.hist_emb.weight.device
-        rows = self.hist[np.array(users.cpu())].tocoo()
+        rows = (self.hist[np.array(users.cpu())] if weights is None else weights).tocoo()
         idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
         w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), self.hist.shape[1]),
                                     check_invariants=False)
@@ -153,13 +157,15 @@ class UserTower(nn.Module):
         first = torch.zeros_like(uniq).scatter_(0, inverse, users)  # one user per distinct key
         return self._features_forward(first), inverse
 
-    def forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None,
+                history: sp.csr_matrix | None = None) -> torch.Tensor:
         if self.grouped:
             rows, inverse = self.forward_grouped(users)
             return rows[inverse]
-        return self._features_forward(users, leave_out)
+        return self._features_forward(users, leave_out, history)
 
-    def _features_forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+    def _features_forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None,
+                          history: sp.csr_matrix | None = None) -> torch.Tensor:
         parts = []
         if self.use_features:
             parts += [self.gender_emb(self.gender[users]), self.age_emb(self.age[users]),
@@ -168,7 +174,7 @@ class UserTower(nn.Module):
             # Users never seen in training keep a zero ID vector instead of an untrained one.
             parts.append(self.id_emb(users) * self.has_history[users, None])
         if self.history != "none":
-            parts.append(self._pooled_history(users, leave_out))
+            parts.append(self._pooled_history(users, leave_out, history))
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 

@@ -109,6 +109,11 @@ class Trainer:
         min_r = train_cfg["positive_min_rating"]
         tr = data.train[data.train["rating"] >= min_r]
         self.train_users, self.train_items = tr["user"].to_numpy(), tr["item"].to_numpy()
+        # rating of each stored entry of the (canonical CSR) training matrix, aligned with its data
+        r = sp.csr_matrix((data.train["rating"].to_numpy(np.float32),
+                           (data.train["user"].to_numpy(), data.train["item"].to_numpy())), shape=self.seen.shape)
+        r.sort_indices()
+        self.nnz_rating = r.data
         va = data.val[data.val["rating"] >= min_r]
         self.val_users, self.val_items = va["user"].to_numpy(), va["item"].to_numpy()
         counts = np.bincount(self.train_items, minlength=data.n_items).astype(np.float64)
@@ -178,6 +183,17 @@ class Trainer:
         """Same loss on validation positives, fixed negatives and batch order (seeded)."""
         if len(self.val_users) == 0:
             return float("nan")
+        if self.train_cfg["batching"] == "users":
+            # inputs = the whole training history, targets = validation positives
+            hist = self.model.user_tower.hist if self.model.user_tower.hist is not None else self.seen
+            val = sp.csr_matrix((np.ones(len(self.val_users), np.float32), (self.val_users, self.val_items)),
+                                shape=self.seen.shape)
+            users = np.unique(self.val_users)
+            self.model.eval()
+            with torch.no_grad():
+                losses_ = [float(self.user_batch_loss(users[s:s + 512], hist, val)) * len(users[s:s + 512])
+                           for s in range(0, len(users), 512)]
+            return sum(losses_) / len(users)
         rng = np.random.default_rng(self.seed + 10_000)
         bs = self.train_cfg["batch_size"]
         self.model.eval()
@@ -190,8 +206,108 @@ class Trainer:
                 n += len(u)
         return total / n
 
+    # -- user-batched multinomial training ------------------------------------------------
+    def _user_split(self, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Split every user's training items at random into an input part (the history the
+        user tower sees) and a target part (``target_fraction``), re-drawn each epoch. The
+        targets are never in the input: the tower must predict them, not copy them."""
+        hist = self.model.user_tower.hist if self.model.user_tower.hist is not None else self.seen
+        hist = hist.tocsr()
+        is_target = rng.random(hist.nnz) < self.train_cfg["target_fraction"]
+        counts = np.diff(hist.indptr)
+        row = np.repeat(np.arange(hist.shape[0]), counts)
+        # keep at least one input and one target for users with >= 2 items
+        first = hist.indptr[:-1][counts >= 2]
+        is_target[first] = False
+        n_t = np.bincount(row[is_target], minlength=hist.shape[0])
+        need = np.flatnonzero((n_t == 0) & (counts >= 2))
+        is_target[hist.indptr[need] + 1] = True
+        if self.model.user_tower.history == "none":
+            is_target[:] = True  # no input history to leak into: every item is a target
+        ratings_ok = self.nnz_rating >= self.train_cfg["positive_min_rating"]
+        # copies of indices/indptr: eliminate_zeros() below works in place and must not touch `hist`
+        inputs = sp.csr_matrix((np.where(is_target, 0, hist.data), hist.indices.copy(), hist.indptr.copy()), shape=hist.shape)
+        targets = sp.csr_matrix(((is_target & ratings_ok).astype(np.float32), hist.indices.copy(), hist.indptr.copy()),
+                                shape=hist.shape)
+        inputs.eliminate_zeros()
+        targets.eliminate_zeros()
+        return inputs, targets
+
+    def user_batch_loss(self, users: np.ndarray, inputs: sp.csr_matrix, targets: sp.csr_matrix) -> torch.Tensor:
+        """Multinomial log-likelihood of each user's targets under a softmax over the whole
+        catalog; the user's input items are masked out of the softmax when
+        ``remove_accidental_hits`` (they are excluded at evaluation too)."""
+        dev = self.device
+        u_t = torch.as_tensor(users, device=dev)
+        user_vec = self.model.user_tower(u_t, history=inputs[users] if self.model.user_tower.history != "none" else None)
+        logits = user_vec @ self.model.item_tower().T / self.loss_cfg["temperature"]
+        if self.loss_cfg["remove_accidental_hits"]:
+            mask = torch.as_tensor(inputs[users].toarray() > 0, device=dev)
+            logits = logits.masked_fill(mask, float("-inf"))
+        tgt = torch.as_tensor(targets[users].toarray(), device=dev)
+        n = tgt.sum(1)
+        keep = n > 0
+        logp = torch.log_softmax(logits[keep], dim=1)
+        return -(torch.where(tgt[keep] > 0, logp, torch.zeros_like(logp)).sum(1) / n[keep]).mean()
+
+    def _fit_users(self, rng, on_epoch, result, progress) -> None:
+        cfg = self.train_cfg
+        active = np.flatnonzero(np.diff(self.seen.indptr) > 0)
+        bs = cfg["user_batch_size"]
+        best, best_state, bad_epochs = math.inf, None, 0
+        for epoch in range(1, cfg["max_epochs"] + 1):
+            self.model.train()
+            t0 = time.perf_counter()
+            inputs, targets = self._user_split(rng)
+            order = rng.permutation(active)
+            total, steps = 0.0, 0
+            for s in tqdm(range(0, len(order), bs), desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2):
+                loss = self.user_batch_loss(order[s:s + bs], inputs, targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+            result.steps += steps
+            row = {"epoch": epoch, "train_loss": total / steps, "val_loss": self.validation_loss(),
+                   "seconds": time.perf_counter() - t0}
+            best, best_state, bad_epochs, stop = self._end_epoch(row, on_epoch, result, best, best_state, bad_epochs)
+            if stop:
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+
+    def _end_epoch(self, row, on_epoch, result, best, best_state, bad_epochs):
+        cfg = self.train_cfg
+        if on_epoch is not None:
+            row.update(on_epoch(self.model) or {})
+        monitor = cfg["early_stopping_metric"]
+        value = row[monitor] if monitor == "val_loss" else -row[monitor]
+        improved = value < best - 1e-6
+        row["best"] = improved
+        result.history.append(row)
+        if improved:
+            best, best_state, bad_epochs = value, copy.deepcopy(self.model.state_dict()), 0
+            result.best_epoch = row["epoch"]
+        else:
+            bad_epochs += 1
+        print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f}"
+              + (f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else "")
+              + (" *" if improved else ""), flush=True)
+        result.stopped_epoch = row["epoch"]
+        return best, best_state, bad_epochs, bad_epochs >= cfg["patience"]
+
     def fit(self, on_epoch=None, progress: bool = True) -> TrainResult:
         cfg = self.train_cfg
+        if cfg["batching"] == "users":
+            rng = np.random.default_rng(self.seed)
+            self._gen = torch.Generator().manual_seed(self.seed)
+            result = TrainResult(self.model)
+            start = time.perf_counter()
+            self._fit_users(rng, on_epoch, result, progress)
+            self.model.eval()
+            result.seconds = time.perf_counter() - start
+            return result
         bs = cfg["batch_size"]
         rng = np.random.default_rng(self.seed)
         self._gen = torch.Generator().manual_seed(self.seed)
@@ -215,23 +331,8 @@ class Trainer:
                 result.steps += 1
             row = {"epoch": epoch, "train_loss": total / len(steps), "val_loss": self.validation_loss(),
                    "seconds": time.perf_counter() - t0}
-            if on_epoch is not None:
-                row.update(on_epoch(self.model) or {})
-            monitor = cfg["early_stopping_metric"]
-            value = row[monitor] if monitor == "val_loss" else -row[monitor]
-            improved = value < best - 1e-6
-            row["best"] = improved
-            result.history.append(row)
-            if improved:
-                best, best_state, bad_epochs = value, copy.deepcopy(self.model.state_dict()), 0
-                result.best_epoch = epoch
-            else:
-                bad_epochs += 1
-            print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f}"
-                  + (f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else "")
-                  + (" *" if improved else ""), flush=True)
-            result.stopped_epoch = epoch
-            if bad_epochs >= cfg["patience"]:
+            best, best_state, bad_epochs, stop = self._end_epoch(row, on_epoch, result, best, best_state, bad_epochs)
+            if stop:
                 break
         if best_state is not None:
             self.model.load_state_dict(best_state)

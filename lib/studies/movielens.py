@@ -53,7 +53,9 @@ DEFAULTS = {
         "batch_size": 1024, "learning_rate": 0.001, "weight_decay": 0.0,
         "max_epochs": 50, "patience": 5, "positive_min_rating": 0,
         "early_stopping_metric": "val_loss",  # val_loss | val_ndcg@10 | val_recall@10
-        "threads": 2,
+        "batching": "interactions",  # interactions: one positive per row | users: all of a user's targets per row
+        "user_batch_size": 128, "target_fraction": 0.2,  # users batching: share of history held out as targets
+        "threads": 1,            # torch intra-op threads; 2 threads thrash when anything else shares 2 cores
     },
     "evaluate": {
         "splits": ["val", "test"], "k": 100, "diversity_k": 10,
@@ -87,6 +89,10 @@ def validate(cfg: dict) -> None:
             "train: batch_size >= 2, learning_rate > 0, max_epochs >= 1, patience >= 1")
     require(t["early_stopping_metric"] in ("val_loss", "val_ndcg@10", "val_recall@10"),
             f"train.early_stopping_metric: unknown '{t['early_stopping_metric']}'")
+    require(t["batching"] in ("interactions", "users"), f"train.batching: unknown '{t['batching']}'")
+    require(t["batching"] == "interactions" or lo["kind"] == "full_softmax",
+            "train.batching: users needs loss.kind: full_softmax (a softmax over the whole catalog per user)")
+    require(0 < t["target_fraction"] < 1 and t["user_batch_size"] >= 1, "train.target_fraction in (0, 1), user_batch_size >= 1")
     require(set(e["splits"]) <= {"val", "test"} and e["splits"], "evaluate.splits: a subset of [val, test]")
     require(e["k"] >= max(KS), f"evaluate.k must be >= {max(KS)}")
     if m["kind"] != "two_tower":
