@@ -72,10 +72,14 @@ class ItemTower(nn.Module):
             self.register_buffer("group_features", torch.as_tensor(rows, dtype=torch.float32))
             self.register_buffer("item_group", torch.as_tensor(inverse.ravel(), dtype=torch.long))
 
+    def group_embeddings(self) -> torch.Tensor:
+        """(distinct feature rows, d): row ``item_group[i]`` is item i's embedding."""
+        return F.normalize(self.net(self.group_features), dim=-1)
+
     def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of ``items`` (all items if None), L2-normalised."""
         if self.grouped:
-            out = F.normalize(self.net(self.group_features), dim=-1)
+            out = self.group_embeddings()
             return out[self.item_group] if items is None else out[self.item_group[items]]
         parts = []
         if self.use_features:

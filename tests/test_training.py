@@ -129,3 +129,18 @@ def test_training_learns_on_planted_data(synthetic_data):
     tt = json.loads((run.dir / "metrics.json").read_text())["splits"]["test"]["metrics"]
     rnd = json.loads((base.dir / "metrics.json").read_text())["splits"]["test"]["metrics"]
     assert tt["ndcg@10"] > 1.5 * rnd["ndcg@10"]
+
+
+@pytest.mark.parametrize("kind", ["in_batch", "explicit", "mixed"])
+def test_grouped_fast_path_equals_general_loss(synthetic_data, kind):
+    """Features-only towers take a score-matrix shortcut; it must be the same loss."""
+    tr = Trainer(synthetic_data, dict(MODEL, dropout=0.0), dict(study.DEFAULTS["loss"], kind=kind, num_negatives=5,
+                                                               logq_correction=True, remove_accidental_hits=True),
+                 TRAIN, seed=0)
+    assert tr.model.user_tower.grouped and tr.model.item_tower.grouped
+    users, items = tr.train_users[:64], tr.train_items[:64]
+    neg = tr.sampler.sample(users, 5, np.random.default_rng(1))
+    fast = tr.batch_loss(users, items, neg)
+    tr.model.item_tower.grouped = False  # forces the general path
+    general = tr.batch_loss(users, items, neg)
+    assert float(fast) == pytest.approx(float(general), rel=1e-5)

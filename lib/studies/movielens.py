@@ -52,6 +52,7 @@ DEFAULTS = {
     "train": {
         "batch_size": 1024, "learning_rate": 0.001, "weight_decay": 0.0,
         "max_epochs": 50, "patience": 5, "positive_min_rating": 0,
+        "min_delta": 0.0,            # an epoch counts as better only if it beats the best by more than this
         "early_stopping_metric": "val_loss",  # val_loss | val_ndcg@10 | val_recall@10
         "batching": "interactions",  # interactions: one positive per row | users: all of a user's targets per row
         "user_batch_size": 128, "target_fraction": 0.2,  # users batching: share of history held out as targets
@@ -89,6 +90,7 @@ def validate(cfg: dict) -> None:
             "train: batch_size >= 2, learning_rate > 0, max_epochs >= 1, patience >= 1")
     require(t["early_stopping_metric"] in ("val_loss", "val_ndcg@10", "val_recall@10"),
             f"train.early_stopping_metric: unknown '{t['early_stopping_metric']}'")
+    require(t["min_delta"] >= 0, "train.min_delta must be >= 0")
     require(t["batching"] in ("interactions", "users"), f"train.batching: unknown '{t['batching']}'")
     require(t["batching"] == "interactions" or lo["kind"] == "full_softmax",
             "train.batching: users needs loss.kind: full_softmax (a softmax over the whole catalog per user)")
