@@ -21,6 +21,20 @@ STUDIES = ("movielens", "wikiseq")
 TOP_LEVEL = ("study", "run", "data", "model", "loss", "train", "evaluate", "seed", "device")
 
 
+def code_version(study: str = "movielens") -> str:
+    """Hash of the library source a study runs (lib/*.py, lib/studies/<study>*.py and the
+    study's CODE_PATHS): cached results are reused only by the same code."""
+    import hashlib
+    h = hashlib.sha256()
+    files = set((ROOT / "lib").glob("*.py")) | set((ROOT / "lib" / "studies").glob(f"{study}*.py"))
+    for extra in getattr(study_module(study), "CODE_PATHS", ()):
+        files |= set((ROOT / extra).rglob("*.py"))
+    for p in sorted(files):
+        h.update(p.relative_to(ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def build_root() -> Path:
     return Path(os.environ.get(BUILD_ENV, ROOT / "build"))
 
@@ -52,7 +66,9 @@ class Run:
 
     @property
     def train_key(self) -> str:
-        return params_hash({k: self.cfg[k] for k in ("data", "model", "loss", "train", "seed")})
+        """Changes with the params a model depends on *and* with the code (lib/)."""
+        return params_hash({"cfg": {k: self.cfg[k] for k in ("data", "model", "loss", "train", "seed")},
+                            "code": code_version(self.cfg["study"])})
 
 
 def configure(study: str = "movielens", run: str = "smoke", data: dict | None = None,
@@ -73,6 +89,12 @@ def configure(study: str = "movielens", run: str = "smoke", data: dict | None = 
     cfg.update(study=study, run=run, seed=seed, device=device)
     mod.validate(cfg)
     return Run(cfg)
+
+
+def is_up_to_date(run: Run) -> bool:
+    """Whether the run's evaluation exists for these params and this code."""
+    check = getattr(run.study, "is_up_to_date", None)
+    return bool(check and check(run))
 
 
 def prepare(run: Run):

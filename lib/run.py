@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .config import ParamsError, load_yaml, params_hash
-from .pipeline import ROOT, TOP_LEVEL, build_root, configure
+from .pipeline import ROOT, TOP_LEVEL, Run, build_root, configure, is_up_to_date
 
 NOTEBOOKS = ROOT / "notebooks"
 RUN_NOTEBOOKS = ("01_data_prep.ipynb", "02_train.ipynb", "03_evaluate.ipynb")
@@ -75,10 +75,9 @@ def execute(notebook: str, parameters: dict, out_dir: Path) -> Path:
 def run_one(path: str | Path, force: bool = False, overrides: dict | None = None) -> Path:
     params = run_parameters(path, overrides)
     cfg = params.pop("_cfg")
-    run_dir = build_root() / cfg["study"] / "runs" / cfg["run"]
-    metrics = run_dir / "metrics.json"
-    if (not force and metrics.is_file() and json.loads(metrics.read_text()).get("key") == params_hash(cfg)
-            and all((run_dir / nb).is_file() for nb in RUN_NOTEBOOKS)):
+    run = Run(cfg)
+    run_dir = run.dir
+    if not force and is_up_to_date(run) and all((run_dir / nb).is_file() for nb in RUN_NOTEBOOKS):
         print(f"[{cfg['run']}] up to date")
         return run_dir
     for stale in ("train.json", "metrics.json") if force else ():

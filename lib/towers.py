@@ -133,7 +133,7 @@ class UserTower(nn.Module):
         n_items) replaces the stored history rows (user-batched training feeds only the
         input part of a user's history there)."""
         dev = self.hist_emb.weight.device
-        rows = (self.hist[np.array(users.cpu())] if weights is None else weights).tocoo()
+        rows = (self.hist[users.cpu().numpy().copy()] if weights is None else weights).tocoo()
         idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
         w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), self.hist.shape[1]),
                                     check_invariants=False)
@@ -141,7 +141,7 @@ class UserTower(nn.Module):
         norm = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values())
         if leave_out is not None:
             # The training target must not be in its own history (it would be copied, not predicted).
-            is_target = torch.as_tensor(rows.col == np.array(leave_out.cpu())[rows.row], device=dev)
+            is_target = torch.as_tensor(rows.col == leave_out.cpu().numpy()[rows.row], device=dev)
             w_t = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values() * is_target)
             total = total - w_t[:, None] * self.hist_emb(leave_out)
             norm = norm - w_t

@@ -176,6 +176,11 @@ def render_report(report_cfg: dict) -> dict:
             {"role": r, "pairs": res[r]["train"]["n_train"], "updates": res[r]["train"]["updates"],
              "recall": res[r]["final"]["exact"][f"recall@{k}"]} for r in roles]})
     heur_rec = base["heuristics"]["exp_weighted"]["exact"][f"recall@{k}"]
+    small_rows = [res[r]["final"] for r in ("v1_faithful", "v2_faithful", "v2_updates", "v2_residual")] + \
+        [base["heuristics"][h] for h in ("exp_weighted", "last", "oracle")]
+    small_same_order = all("small_bank" in x for x in small_rows) and \
+        list(np.argsort([-x["exact"][f"recall@{k}"] for x in small_rows], kind="stable")) == \
+        list(np.argsort([-x["small_bank"][f"recall@{k}"] for x in small_rows], kind="stable"))
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = {"curves": fig_dir / "wikiseq_curves.png", "scaling": fig_dir / "wikiseq_scaling.png"}
     save_figure(_curve_fig({r: res[r] for r in ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates",
@@ -197,7 +202,7 @@ def render_report(report_cfg: dict) -> dict:
         "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "ks": base["cfg"]["evaluate"]["ks"],
         "figs": {name: f"figures/{p.name}" for name, p in figs.items()}, "provenance": prov,
         "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
-        "timing": base["timing"], "n_boot": nb,
+        "timing": base["timing"], "n_boot": nb, "small_same_order": bool(small_same_order),
     }
     md = render("two_tower_v1_v2.md.j2", context)
     companion = _clean({k2: v2 for k2, v2 in context.items() if k2 != "runs"})

@@ -19,6 +19,7 @@ import torch
 
 from .. import baselines, metrics, movielens, retrieval, stats
 from ..config import ParamsError, params_hash, require
+from ..pipeline import code_version
 from ..prepared import PreparedData, prepare as prepare_protocol
 from ..report import atomic_write_json
 from ..training import Trainer, build_model, embed_users, pick_device
@@ -156,6 +157,7 @@ def rank(model_obj, data: PreparedData, users: np.ndarray, k: int, device) -> np
     """Top-k over the full catalog, training items excluded (reference protocol)."""
     seen = data.matrix("train")
     if isinstance(model_obj, torch.nn.Module):
+        model_obj.eval()  # no dropout when scoring (callers in training switch back to train())
         with torch.no_grad():
             item_vec = model_obj.item_tower().cpu().numpy()
         user_vec = embed_users(model_obj, users, device)
@@ -176,6 +178,14 @@ def split_metrics(model_obj, data, cfg, split: str, device, k: int | None = None
 
 
 # -- training --------------------------------------------------------------------------------
+def model_dir(run) -> Path:
+    """Trained models are stored by what they depend on (data, model, loss, train, seed,
+    code), so two runs that differ only in evaluation share one training."""
+    d = run.dir.parent.parent / "models" / run.train_key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def _fit_baseline(cfg, data: PreparedData, hyper: dict):
     model = baselines.BASELINES[cfg["model"]["kind"]](**hyper)
     return model.fit(data.matrix("train"), data.train)
@@ -183,7 +193,7 @@ def _fit_baseline(cfg, data: PreparedData, hyper: dict):
 
 def train(run) -> dict:
     cfg = run.cfg
-    out = run.dir / "train.json"
+    out = model_dir(run) / "train.json"
     if out.is_file() and json.loads(out.read_text()).get("key") == run.train_key:
         return _train_tables(json.loads(out.read_text()))
     data = load_data(run)
@@ -199,7 +209,7 @@ def train(run) -> dict:
             return {"val_recall@10": m["recall@10"], "val_ndcg@10": m["ndcg@10"], "val_hit_rate@10": m["hit_rate@10"]}
 
         result = trainer.fit(on_epoch=on_epoch)
-        torch.save(trainer.model.state_dict(), run.dir / "model.pt")
+        torch.save(trainer.model.state_dict(), model_dir(run) / "model.pt")
         record.update(history=result.history, best_epoch=result.best_epoch, stopped_epoch=result.stopped_epoch,
                       early_stopped=result.stopped_epoch < cfg["train"]["max_epochs"],
                       steps=result.steps, parameters=trainer.model.n_parameters(),
@@ -217,7 +227,7 @@ def train(run) -> dict:
                     best = (value, m["ndcg@10"])
             hyper[key] = best[0]
         model = _fit_baseline(cfg, data, hyper)
-        with open(run.dir / "model.pkl", "wb") as fh:
+        with open(model_dir(run) / "model.pkl", "wb") as fh:
             pickle.dump(model, fh)
         record.update(hyperparameters=hyper, selection=grid)
     record["seconds"] = time.perf_counter() - t0
@@ -241,10 +251,10 @@ def load_model(run, data: PreparedData):
     cfg = run.cfg
     if cfg["model"]["kind"] == "two_tower":
         model = build_model(data, cfg["model"])
-        model.load_state_dict(torch.load(run.dir / "model.pt", map_location="cpu"))
+        model.load_state_dict(torch.load(model_dir(run) / "model.pt", map_location="cpu"))
         model.eval()
         return model.to(pick_device(cfg["device"]))
-    with open(run.dir / "model.pkl", "rb") as fh:
+    with open(model_dir(run) / "model.pkl", "rb") as fh:
         return pickle.load(fh)
 
 
@@ -284,10 +294,19 @@ def latency(model: torch.nn.Module, data: PreparedData, repeats: int, device) ->
 
 
 # -- evaluation ------------------------------------------------------------------------------
+def metrics_key(run) -> str:
+    return params_hash({"cfg": run.cfg, "code": code_version("movielens")})
+
+
+def is_up_to_date(run) -> bool:
+    path = run.dir / "metrics.json"
+    return path.is_file() and json.loads(path.read_text()).get("key") == metrics_key(run)
+
+
 def evaluate(run) -> dict:
     cfg = run.cfg
     metrics_path = run.dir / "metrics.json"
-    key = params_hash(cfg)
+    key = metrics_key(run)
     if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("key") == key:
         return _eval_tables(json.loads(metrics_path.read_text()))
     train_record = train(run)
@@ -295,7 +314,7 @@ def evaluate(run) -> dict:
     torch.set_num_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])
     model = load_model(run, data)
-    train_info = json.loads((run.dir / "train.json").read_text())
+    train_info = json.loads((model_dir(run) / "train.json").read_text())
     seen = data.matrix("train")
     has_history = np.diff(seen.indptr) > 0
     out = {"key": key, "run": cfg["run"], "config": cfg, "train": train_info, "splits": {},

@@ -1,8 +1,8 @@
 """Gather MovieLens runs into reports/EVALUATION_REPORT.md (+ .json, + figures)."""
 from __future__ import annotations
 
-import copy
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,11 +25,12 @@ REPORT_DEFAULTS = {
     "fix_progression": [],          # [{label, params}]
     "baselines": [],                # [{label, params}]
     "two_tower_variants": [],       # [{label, params}] ablations, chosen on validation
-    "best_two_tower": "",           # the final improved configuration, touched on test
+    "best_two_tower": "",           # params file, or "auto": the variant with the best validation NDCG@10
     "other_datasets": [],           # [{label, dataset, two_tower, baselines: [{label, params}]}]
     "targets": {},                  # metric -> {min, good}
     "test_results": "build/test-results.xml",
     "bootstrap": 1000,
+    "speed_targets": {"train": 180.0, "rank": 5.0, "report": 1200.0},  # seconds
 }
 OPEN = frozenset({"report.targets"})
 CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
@@ -42,8 +43,8 @@ def report_config(raw: dict) -> dict:
             if not isinstance(entry, dict) or set(entry) != {"label", "params"}:
                 raise ParamsError(f"report.{key}: each entry needs exactly 'label' and 'params', got {entry!r}")
     for entry in cfg["other_datasets"]:
-        if set(entry) != {"label", "two_tower", "baselines"}:
-            raise ParamsError(f"report.other_datasets: entries need label, two_tower, baselines; got {sorted(entry)}")
+        if set(entry) != {"label", "dataset", "two_tower", "baselines"}:
+            raise ParamsError(f"report.other_datasets: entries need label, dataset, two_tower, baselines; got {sorted(entry)}")
     for metric, t in cfg["targets"].items():
         if not isinstance(t, dict) or set(t) != {"min", "good"}:
             raise ParamsError(f"report.targets.{metric}: needs exactly 'min' and 'good'")
@@ -53,12 +54,13 @@ def report_config(raw: dict) -> dict:
 
 def _all_params(cfg):
     for key in ("main_run", "best_two_tower"):
-        if cfg[key]:
+        if cfg[key] and cfg[key] != "auto":
             yield cfg[key]
     for key in ("fix_progression", "baselines", "two_tower_variants"):
         yield from (e["params"] for e in cfg[key])
     for entry in cfg["other_datasets"]:
-        yield entry["two_tower"]
+        if entry["two_tower"] != "auto":
+            yield entry["two_tower"]
         yield from (e["params"] for e in entry["baselines"])
 
 
@@ -180,25 +182,41 @@ def render_report(rcfg: dict) -> dict:
     fig_dir = out_md.parent / "figures"
     cache: dict[str, dict] = {}
 
-    def get(path):
-        if path not in cache:
-            cache[path] = _ensure(path, ov)
-        return cache[path]
+    def get(path, extra: dict | None = None):
+        key = json.dumps([path, extra], sort_keys=True)
+        if key not in cache:
+            from ..run import _deep_merge
+            # the report's run_overrides (smoke renders) win over per-role extras
+            merged = {k: _deep_merge((extra or {}).get(k) or {}, (ov or {}).get(k) or {})
+                      for k in set(ov or {}) | set(extra or {})}
+            cache[key] = _ensure(path, merged)
+        return cache[key]
 
     main = get(rcfg["main_run"])
     fix = [_row(e["label"], get(e["params"])) for e in rcfg["fix_progression"]]
     base_rows = [_row(e["label"], get(e["params"])) for e in rcfg["baselines"]]
     variants = []
+    if rcfg["two_tower_variants"] and "val" in main["splits"]:
+        variants.append({"label": "Reference config (features only, mixed loss)", "m": main["splits"]["val"]["metrics"],
+                         "params": rcfg["main_run"], "train_seconds": main["train"]["seconds"],
+                         "best_epoch": main["train"].get("best_epoch"),
+                         "parameters": main["train"].get("parameters", {}).get("total")})
     for e in rcfg["two_tower_variants"]:
         res = get(e["params"])
         v = res["splits"]["val"]
         variants.append({"label": e["label"], "m": v["metrics"], "params": e["params"],
                          "train_seconds": res["train"]["seconds"], "best_epoch": res["train"].get("best_epoch"),
-                         "config": res["config"], "parameters": res["train"].get("parameters", {}).get("total")})
-    best = get(rcfg["best_two_tower"]) if rcfg["best_two_tower"] else main
+                         "parameters": res["train"].get("parameters", {}).get("total")})
+    best_variant = max(variants, key=lambda v: v["m"]["ndcg@10"]) if variants else None
+    on_test = {"evaluate": {"splits": ["val", "test"]}}
+    best_params = rcfg["best_two_tower"]
+    if best_params == "auto":
+        chosen = [v for v in variants if v["params"] != rcfg["main_run"]]
+        best_params = max(chosen, key=lambda v: v["m"]["ndcg@10"])["params"] if chosen else ""
+    best = get(best_params, on_test) if best_params else main
     main_row = _row("Two-tower (reference config)", main)
     best_row = _row("Two-tower (best, chosen on validation)", best)
-    comparison = base_rows + [main_row] + ([best_row] if rcfg["best_two_tower"] else [])
+    comparison = base_rows + [main_row] + ([best_row] if best_params else [])
     best_base = max(base_rows, key=lambda r: r["m"]["ndcg@10"]) if base_rows else None
     paired = {}
     if best_base is not None:
@@ -209,16 +227,18 @@ def render_report(rcfg: dict) -> dict:
 
     others = []
     for entry in rcfg["other_datasets"]:
-        tt = _row("Two-tower (best config)", get(entry["two_tower"]))
+        tt_params = best_params if entry["two_tower"] == "auto" else entry["two_tower"]
+        tt_res = get(tt_params, {**on_test, "data": {"dataset": entry["dataset"]}}) if entry["two_tower"] == "auto" \
+            else get(tt_params)
+        tt = _row("Two-tower (best config from ML-1M validation)", tt_res)
         rows = [_row(b["label"], get(b["params"])) for b in entry["baselines"]] + [tt]
-        others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows),
-                       "data": get(entry["two_tower"])["data"]})
+        others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"]})
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = {"loss": fig_dir / "ml_loss_curves.png", "at_k": fig_dir / "ml_metrics_at_k.png",
             "ci": fig_dir / "ml_confidence_intervals.png"}
     curves = {"reference config": main, **{e["label"]: get(e["params"]) for e in rcfg["fix_progression"]}}
-    if rcfg["best_two_tower"]:
+    if best_params:
         curves["best two-tower"] = best
     _fig_loss(curves, figs["loss"])
     _fig_at_k(comparison, figs["at_k"])
@@ -236,22 +256,27 @@ def render_report(rcfg: dict) -> dict:
     for res in cache.values():
         for name, digest in res["data"].get("checksums", {}).items():
             checks[f"{res['data']['name']}/{name}"] = digest
-    wall = {Path(res["_params"]).stem: round(res["train"]["seconds"], 1) for res in cache.values()}
+    wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
+    started = os.environ.get("TWOTOWER_REPORT_START")
+    speed = {"reference_train_seconds": main["train"]["seconds"],
+             "rank_seconds": main["splits"]["test"]["rank_seconds"], "rank_users": main["splits"]["test"]["n_users"],
+             "report_wall_seconds": (time.time() - float(started)) if started else None,
+             "targets": rcfg["speed_targets"]}
     context = {
         "title": rcfg["title"], "main": main, "main_row": main_row, "best": best, "best_row": best_row,
-        "has_best": bool(rcfg["best_two_tower"]), "fix": fix, "baselines": base_rows, "comparison": comparison,
+        "has_best": bool(best_params), "best_params": best_params, "fix": fix, "baselines": base_rows, "comparison": comparison,
         "variants": variants, "paired": paired, "best_base": best_base, "verdicts": verdicts,
         "main_losses": main_losses, "others": others, "targets": targets,
         "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
         "figs": {k: f"figures/{v.name}" for k, v in figs.items()}, "cmp_metrics": CMP_METRICS,
-        "ks": [5, 10, 20, 50, 100],
+        "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
     }
     prov = provenance(params_files, checks, wall)
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     context["provenance"] = prov
     md = render("evaluation_report.md.j2", context)
     companion = {k: v for k, v in context.items() if k not in ("main", "best")}
-    companion["runs"] = {Path(r["_params"]).stem: {kk: vv for kk, vv in r.items() if not kk.startswith("_")}
+    companion["runs"] = {r["run"]: {kk: vv for kk, vv in r.items() if not kk.startswith("_")}
                          for r in cache.values()}
     atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
     atomic_write_text(out_md, md)

@@ -62,7 +62,7 @@ DEFAULTS = {
         "accum_steps": 8,
         "lr": 2e-5,
         "weight_decay": 0.01,
-        "threads": 2,
+        "threads": 1,               # torch + faiss threads (1: no OpenMP spin when the CPU is shared)
         "epoch_eval_queries": 200,  # validation queries scored over the bank after each epoch
     },
     "evaluate": {
