@@ -110,9 +110,12 @@ def _scaling_fig(scaling: list, heur: float, k: int):
         ys = [c["recall"] for c in row["cells"]]
         axes[0].plot(xs, ys, marker="o", label=row["label"])
         axes[1].scatter([c["updates"] for c in row["cells"]], ys, label=row["label"])
+    from matplotlib.ticker import NullFormatter
     for ax in axes:
         ax.axhline(heur, color="gray", ls="--", label="exp-weighted heuristic")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1)
         ax.set_ylabel(f"Recall@{k} (common eval set)")
     axes[0].set_xlabel("training pairs")
     axes[1].set_xlabel("optimizer updates")

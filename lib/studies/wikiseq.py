@@ -251,9 +251,51 @@ def prepare(run) -> dict:
     return {"data": table, "chunks_per_article": fig}
 
 
-# -- train -------------------------------------------------------------------------------------
+# -- cache keys ----------------------------------------------------------------------------------
+# Results are reused only for the same params *and* the same code that computes them: the
+# training and retrieval code under lib/seq/ (not unrelated files, so that a change elsewhere in
+# lib/ does not throw away an hour of training). A key is computed once per Run object, so a
+# file edited while a run is training cannot split one run across two keys.
+CODE_PATHS = ("lib/seq",)
+KEY_CODE = ("lib/seq/bank.py", "lib/seq/windows.py", "lib/seq/towers.py", "lib/seq/train.py",
+            "lib/seq/retrieval.py")
+
+
+def code_hash() -> str:
+    from ..pipeline import ROOT
+    h = hashlib.sha256()
+    for rel in KEY_CODE:
+        h.update(rel.encode())
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _train_key(run) -> str:
-    return params_hash([run.train_key, run.cfg["evaluate"]["ks"], run.cfg["evaluate"]["heuristic_decay"]])
+    if "_wikiseq_train_key" not in run.__dict__:
+        cfg = run.cfg
+        run.__dict__["_wikiseq_train_key"] = params_hash({
+            "cfg": {k: cfg[k] for k in ("data", "model", "loss", "train", "seed")},
+            "epoch_eval": [cfg["evaluate"]["ks"], cfg["evaluate"]["heuristic_decay"]],
+            "code": code_hash()})
+    return run.__dict__["_wikiseq_train_key"]
+
+
+def metrics_key(run) -> str:
+    if "_wikiseq_metrics_key" not in run.__dict__:
+        run.__dict__["_wikiseq_metrics_key"] = params_hash({
+            "cfg": {k: v for k, v in run.cfg.items() if k != "device"}, "train": _train_key(run)})
+    return run.__dict__["_wikiseq_metrics_key"]
+
+
+def is_up_to_date(run) -> bool:
+    path = run.dir / "metrics.json"
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("key") == metrics_key(run)
+    except ValueError:
+        return False
+
+
+# -- train -------------------------------------------------------------------------------------
 
 
 def _train_paths(run) -> tuple[Path, Path]:
@@ -334,7 +376,7 @@ def evaluate(run) -> dict:
     from ..seq import train as trainer
     cfg = run.cfg
     path = run.dir / "metrics.json"
-    key = params_hash({k: v for k, v in cfg.items() if k != "device"})
+    key = metrics_key(run)
     keyed = run.dir / f"eval-{key}"
     if (keyed / "metrics.json").is_file() and (keyed / "ranks.npz").is_file():
         try:
