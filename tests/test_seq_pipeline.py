@@ -107,11 +107,11 @@ def test_smoke_run_is_deterministic(build):
 
 
 def test_smoke_render_report(build):
+    """The whole study on generated data through the shared entry point the 04 notebook uses."""
     cfg = load_yaml("params/wikiseq/report.yaml")
     out = build / "out" / "TWO_TOWER_V1_V2_COMPARISON.md"
-    cfg["report"]["output"] = str(out)
-    cfg["report"]["run_overrides"] = load_yaml("params/wikiseq/smoke.yaml")
-    res = render_report(cfg)
+    res = pipeline.render_report("wikiseq", str(pipeline.ROOT / "params/wikiseq/report.yaml"), output=str(out),
+                                 run_overrides=load_yaml("params/wikiseq/smoke.yaml"))
     text = out.read_text()
     assert "{{" not in text and "{%" not in text and "Undefined" not in text
     for section in ("## Executive summary", "## Per-version detail", "## Loss vs recall",
@@ -121,7 +121,7 @@ def test_smoke_render_report(build):
     assert res["cause"] in ("updates", "pairs", "both", "neither")
     companion = json.loads(out.with_suffix(".json").read_text())
     assert companion["verdict"]["cause"] == res["cause"]
-    assert set(companion["runs"]) == set(cfg["report"]["runs"])
+    assert set(companion["runs"]) == set(cfg["report"]["roles"])
     assert (out.parent / "figures" / "wikiseq_scaling.png").stat().st_size > 1000
     # the faithful update counts are what the reference's schedule gives (capped at 2 epochs)
     assert companion["runs"]["v1_faithful"]["train"]["updates"] == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ParamsError, load_yaml, merge_checked
+from ..config import ParamsError, load_yaml, merge_checked, params_hash
 from ..pipeline import ROOT, configure
 from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure
 from . import analysis
@@ -18,7 +18,7 @@ ROLES = ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates", "v1_residual"
 REPORT_DEFAULTS = {
     "output": "reports/TWO_TOWER_V1_V2_COMPARISON.md",
     "title": "Two-tower v1 vs v2 failure comparison, reproduced and explained",
-    "runs": {role: f"params/wikiseq/{role}.yaml" for role in ROLES},
+    "roles": {role: f"params/wikiseq/{role}.yaml" for role in ROLES},  # role -> run params file
     "run_overrides": {},
     "report_file": None,
     "bootstrap": 1000,
@@ -29,7 +29,10 @@ RUN_KEYS = {"data", "model", "loss", "train", "evaluate", "seed", "device"}
 
 
 def report_config(raw: dict) -> dict:
+    """Validate a report section (or a whole report file {study, report}) against
+    REPORT_DEFAULTS; adds ``runs``, the sorted list of run params files (what lib.run executes)."""
     raw = dict(raw or {})
+    raw.pop("runs", None)          # derived below; present when a validated config comes back
     if "report" in raw:            # a report file: {study: wikiseq, report: {...}}
         study = raw.pop("study", "wikiseq")
         if study != "wikiseq":
@@ -39,8 +42,9 @@ def report_config(raw: dict) -> dict:
             raise ParamsError(f"unknown top-level keys in report file: {sorted(raw)}")
         raw = dict(inner or {})
     cfg = merge_checked(REPORT_DEFAULTS, raw, "report", open_keys=REPORT_OPEN)
-    if set(cfg["runs"]) != set(ROLES):
-        raise ParamsError(f"report.runs must name exactly the roles {list(ROLES)}")
+    if set(cfg["roles"]) != set(ROLES):
+        raise ParamsError(f"report.roles must name exactly the roles {list(ROLES)}")
+    cfg["runs"] = sorted(set(cfg["roles"].values()))
     unknown = set(cfg["run_overrides"]) - RUN_KEYS
     if unknown:
         raise ParamsError(f"report.run_overrides: unknown keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
@@ -65,7 +69,9 @@ def run_from_file(path: str | Path, overrides: dict | None = None):
     if unknown:
         raise ParamsError(f"{p}: unknown top-level keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
     raw = _deep_merge(raw, overrides or {})
-    return configure(study="wikiseq", run=p.stem, **raw), p
+    # the same run name as lib.run gives it: overridden runs live beside the real ones
+    name = f"{p.stem}-{params_hash(overrides, 6)}" if overrides else p.stem
+    return configure(study="wikiseq", run=name, **raw), p
 
 
 def _ensure(path: str, overrides: dict) -> dict:
@@ -140,7 +146,7 @@ def render_report(report_cfg: dict) -> dict:
     out_md = Path(rcfg["output"])
     out_md = out_md if out_md.is_absolute() else ROOT / out_md
     fig_dir = out_md.parent / "figures"
-    res = {role: _ensure(path, ov) for role, path in rcfg["runs"].items()}
+    res = {role: _ensure(path, ov) for role, path in rcfg["roles"].items()}
     for m in res.values():
         if f"recall@{k}" not in m["final"]["exact"]:
             raise ParamsError(f"report.k={k} is not among the evaluated cut-offs of run {m['run']}")
@@ -238,7 +244,7 @@ def main(argv=None) -> None:
         if role not in ROLES:
             raise ParamsError(f"unknown role {role!r}; known: {list(ROLES)}")
         t0 = time.perf_counter()
-        _ensure(cfg["runs"][role], cfg["run_overrides"])
+        _ensure(cfg["roles"][role], cfg["run_overrides"])
         print(f"[{role}] evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
     if not args.no_render:
         print(render_report(raw))

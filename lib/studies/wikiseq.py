@@ -472,4 +472,4 @@ def evaluate(run) -> dict:
     return _eval_tables(m)
 
 
-from ..seq.report import REPORT_DEFAULTS, render_report  # noqa: E402,F401
+from ..seq.report import REPORT_DEFAULTS, render_report, report_config  # noqa: E402,F401
