@@ -145,3 +145,17 @@ def test_grouped_fast_path_equals_general_loss(synthetic_data, kind):
     tr.model.item_tower.grouped = False  # forces the general path
     general = tr.batch_loss(users, items, neg)
     assert float(fast) == pytest.approx(float(general), rel=1e-5)
+
+
+def test_evaluation_never_ranks_training_items(synthetic_data):
+    """Already-seen items are excluded, so they can never count as hits."""
+    from lib.baselines import Popularity
+    model = Popularity().fit(synthetic_data.matrix("train"))
+    seen = synthetic_data.matrix("train")
+    users = np.arange(synthetic_data.n_users)
+    top = study.rank(model, synthetic_data, users, 20, "cpu")
+    for u in users:
+        assert not set(top[u]) & set(seen[u].indices)
+    # and a user's training items that reappear in test are not counted: the split has none
+    test = synthetic_data.matrix("test")
+    assert (seen.multiply(test)).nnz == 0
