@@ -58,3 +58,28 @@ def test_gru_tower_shape_and_norm():
 ])
 def test_update_count(pairs, batch, accum, expected):
     assert updates_per_epoch(pairs, batch, accum) == expected
+
+
+def _cmp(mean_diff, low, high):
+    return {"mean_diff": mean_diff, "low": low, "high": high, "a": 0.0, "b": 0.0,
+            "clear_gain": low > 0, "clear_loss": high < 0}
+
+
+def test_verdict_is_decided_by_the_numbers():
+    from lib.seq.analysis import verdict
+    base = {k: _cmp(-0.5, -0.6, -0.4) for k in ("best_learned_vs_heuristic", "faithful_v1_vs_heuristic",
+                                                 "faithful_v2_vs_heuristic", "residual_vs_heuristic_v1")}
+    updates = {**base, "updates_vs_faithful_v1": _cmp(0.15, 0.1, 0.2), "updates_vs_faithful_v2": _cmp(0.3, 0.25, 0.35),
+               "all_vs_v2_faithful": _cmp(0.01, -0.01, 0.03), "all_vs_v2_updates": _cmp(0.05, 0.02, 0.08)}
+    v = verdict(updates)
+    assert v["cause"] == "updates" and v["reproduced_failure"] and v["learned_loses_to_heuristic"]
+    assert "+30.0 points" in v["statement"]
+    pairs = {**updates, "updates_vs_faithful_v1": _cmp(0.0, -0.01, 0.01), "updates_vs_faithful_v2": _cmp(0.0, -0.01, 0.01),
+             "all_vs_v2_faithful": _cmp(0.2, 0.15, 0.25)}
+    assert verdict(pairs)["cause"] == "pairs"
+    both = {**updates, "all_vs_v2_faithful": _cmp(0.2, 0.15, 0.25)}
+    assert verdict(both)["cause"] == "both"
+    small_pair_effect = {**updates, "all_vs_v2_faithful": _cmp(0.02, 0.01, 0.03)}   # clear but 15x smaller
+    assert verdict(small_pair_effect)["cause"] == "updates"
+    neither = {**pairs, "all_vs_v2_faithful": _cmp(0.0, -0.01, 0.01)}
+    assert verdict(neither)["cause"] == "neither"

@@ -22,7 +22,7 @@ def hits(ranks: np.ndarray, k: int) -> np.ndarray:
     return ((ranks > 0) & (ranks <= k)).astype(float)
 
 
-def verdict(c: dict, pairs: dict | None = None) -> dict:
+def verdict(c: dict, info: dict | None = None) -> dict:
     """``c`` holds paired comparisons (see ``paired``) named:
     - ``updates_vs_faithful_v1/_v2``: same pairs, many more updates (higher lr, no accumulation)
     - ``all_vs_v2_faithful``: all windows vs v2's pairs, reference optimiser (few updates)
@@ -30,38 +30,50 @@ def verdict(c: dict, pairs: dict | None = None) -> dict:
     - ``best_learned_vs_heuristic``: the best learned tower against the exp-weighted heuristic
     - ``residual_vs_heuristic_v1/_v2/_all``
     - ``faithful_v1/_v2_vs_heuristic``
-    Returns the explanation the numbers support and the reasons, as data."""
-    pairs = pairs or {"v1": 138, "v2": 1247, "all": None}
-    same = f"{pairs['v1']:,} / {pairs['v2']:,}"
-    more = (f"{pairs['all'] / pairs['v2']:.0f}x more pairs ({pairs['all']:,})" if pairs.get("all")
-            else "more pairs")
+    ``info[role] = {"pairs": n, "updates": n}`` for v1/v2/all _faithful and _updates.
+    Returns the explanation the numbers support, with the numbers, as data.
+
+    The pair effect under the reference optimiser is confounded with updates (more pairs at
+    a fixed accumulation also mean more updates), so "updates" is the verdict when the
+    same-pairs update effect is clear and at least 3x the pair effect."""
+    if info is None:
+        info = {f"{v}_{o}": {"pairs": p, "updates": u} for v, p, u0, u1 in
+                (("v1", 138, 20, 150), ("v2", 1247, 40, 312), ("all", 14309, 56, 448))
+                for o, u in (("faithful", u0), ("updates", u1))}
+    pts = lambda x: 100.0 * x  # noqa: E731
     upd = [c[k]["clear_gain"] for k in ("updates_vs_faithful_v1", "updates_vs_faithful_v2")]
+    upd_gain = max(c["updates_vs_faithful_v1"]["mean_diff"], c["updates_vs_faithful_v2"]["mean_diff"])
+    pair_gain = c["all_vs_v2_faithful"]["mean_diff"]
     data_faithful = c["all_vs_v2_faithful"]["clear_gain"]
     data_updates = c["all_vs_v2_updates"]["clear_gain"]
     reproduced = all(c[k]["clear_loss"] for k in ("faithful_v1_vs_heuristic", "faithful_v2_vs_heuristic"))
-    if any(upd) and not data_faithful:
+    f2, u2, fa = info["v2_faithful"], info["v2_updates"], info["all_faithful"]
+    ratio = fa["pairs"] / max(1, f2["pairs"])
+    upd_txt = (f"on the same {f2['pairs']:,} pairs, {u2['updates']:,} instead of {f2['updates']:,} optimizer updates "
+               f"change Recall@500 by {pts(c['updates_vs_faithful_v2']['mean_diff']):+.1f} points "
+               f"(v1's {info['v1_faithful']['pairs']:,} pairs: {pts(c['updates_vs_faithful_v1']['mean_diff']):+.1f} points "
+               f"with {info['v1_updates']['updates']:,} instead of {info['v1_faithful']['updates']:,} updates)")
+    pair_txt = (f"{ratio:.1f}x more pairs ({fa['pairs']:,}) under the reference's optimiser change it by "
+                f"{pts(pair_gain):+.1f} points ({fa['updates']:,} updates)")
+    if any(upd) and (not data_faithful or upd_gain >= 3 * max(pair_gain, 0.0)):
         cause = "updates"
-        text = (f"too few optimizer updates, not too few pairs: with the same {same} pairs, more updates "
-                f"clearly raise Recall@500, while {more} under the reference's optimiser settings do not")
+        text = f"too few optimizer updates, not too few pairs: {upd_txt}, while {pair_txt}"
     elif any(upd) and data_faithful:
         cause = "both"
-        text = (f"both: more updates on the same {same} pairs and {more} under the reference's optimiser "
-                "each clearly raise Recall@500")
+        text = f"both the update count and the pair count: {upd_txt}; {pair_txt}"
     elif data_faithful:
         cause = "pairs"
-        text = (f"too few pairs: more updates on the same {same} pairs do not clearly help, {more} do")
+        text = f"too few pairs: {pair_txt}, while {upd_txt}"
     else:
         cause = "neither"
-        text = ("neither more updates nor more pairs clearly raise Recall@500 of the reference tower on this bank")
+        text = f"neither explanation: {upd_txt}; {pair_txt}"
     best = c["best_learned_vs_heuristic"]
-    heuristic_beaten = best["clear_gain"]
-    heuristic_loses = best["clear_loss"]
     residual = {k: c[k] for k in c if k.startswith("residual_vs_heuristic")}
     return {
         "cause": cause, "statement": text, "reproduced_failure": reproduced,
-        "updates_help": {"v1": upd[0], "v2": upd[1]},
+        "updates_help": {"v1": upd[0], "v2": upd[1]}, "update_gain": upd_gain, "pair_gain": pair_gain,
         "pairs_help_reference_optimiser": data_faithful, "pairs_help_with_enough_updates": data_updates,
-        "learned_beats_heuristic": heuristic_beaten, "learned_loses_to_heuristic": heuristic_loses,
+        "learned_beats_heuristic": best["clear_gain"], "learned_loses_to_heuristic": best["clear_loss"],
         "residual_beats_heuristic": {k: v["clear_gain"] for k, v in residual.items()},
         "residual_loses_to_heuristic": {k: v["clear_loss"] for k, v in residual.items()},
     }

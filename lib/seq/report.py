@@ -175,7 +175,9 @@ def render_report(report_cfg: dict) -> dict:
         "updates_all_vs_heuristic": analysis.paired(M["all_updates"], H["exp_weighted"], nb),
         "hardneg_vs_updates_v2": analysis.paired(M["v2_hardneg"], M["v2_updates"], nb),
     }
-    v = analysis.verdict(cmp, {r: res[f"{r}_faithful"]["train"]["n_train"] for r in ("v1", "v2", "all")})
+    v = analysis.verdict(cmp, {f"{a}_{o}": {"pairs": res[f"{a}_{o}"]["train"]["n_train"],
+                                             "updates": res[f"{a}_{o}"]["train"]["updates"]}
+                               for a in ("v1", "v2", "all") for o in ("faithful", "updates")})
     losers = [r for r in ROLES if analysis.paired(M[r], H["exp_weighted"], nb)["clear_loss"]]
     scaling = []
     for label, roles in (("GRU tower, reference optimiser (lr 2e-5, accum 8)", ("v1_faithful", "v2_faithful", "all_faithful")),
