@@ -14,7 +14,6 @@ an unknown parameter, and a typo must fail. Executed notebooks go to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -294,11 +294,7 @@ class Trainer:
             order = rng.permutation(active)
             total, steps = 0.0, 0
             for s in tqdm(range(0, len(order), bs), desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2):
-                loss = self.user_batch_loss(order[s:s + bs], inputs, targets)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach())
+                total += self._optimizer_step(self.user_batch_loss(order[s:s + bs], inputs, targets))
                 steps += 1
             result.steps += steps
             row = {"epoch": epoch, "train_loss": total / steps, "val_loss": self.validation_loss(),
@@ -308,6 +304,12 @@ class Trainer:
                 break
         if best_state is not None:
             self.model.load_state_dict(best_state)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
 
     def _end_epoch(self, row, on_epoch, result, best, best_state, bad_epochs):
         cfg = self.train_cfg
@@ -355,11 +357,7 @@ class Trainer:
             for s in tqdm(steps, desc=f"epoch {epoch}", disable=not progress, leave=False, mininterval=2):
                 idx = order[s:s + bs]
                 u, i = self.train_users[idx], self.train_items[idx]
-                loss = self.batch_loss(u, i, self._negatives(u, rng))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach())
+                total += self._optimizer_step(self.batch_loss(u, i, self._negatives(u, rng)))
                 result.steps += 1
             row = {"epoch": epoch, "train_loss": total / len(steps), "val_loss": self.validation_loss(),
                    "seconds": time.perf_counter() - t0}
@@ -371,15 +369,6 @@ class Trainer:
         self.model.eval()
         result.seconds = time.perf_counter() - start
         return result
-
-    # -- embeddings for retrieval ------------------------------------------------------------
-    @torch.no_grad()
-    def user_embeddings(self, users: np.ndarray) -> np.ndarray:
-        return embed_users(self.model, users, self.device)
-
-    @torch.no_grad()
-    def item_embeddings(self) -> np.ndarray:
-        return self.model.item_tower().cpu().numpy()
 
 
 @torch.no_grad()

@@ -1,12 +1,10 @@
 """End to end: params file -> papermill notebooks -> metrics -> report, on real ML-100K."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from lib import pipeline, report, run as runner
-from lib.studies import movielens as study
 
 ROOT = Path(__file__).resolve().parent.parent
 

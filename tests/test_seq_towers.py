@@ -1,5 +1,4 @@
 """Heuristic queries, the residual tower at initialisation, and the update count."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from .. import baselines, metrics, movielens, retrieval, stats
@@ -309,7 +308,7 @@ def evaluate(run) -> dict:
     key = metrics_key(run)
     if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("key") == key:
         return _eval_tables(json.loads(metrics_path.read_text()))
-    train_record = train(run)
+    train(run)  # cached: trains only if this run's model is missing
     data = load_data(run)
     torch.set_num_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .. import stats  # noqa: E402
-from ..config import ParamsError, load_yaml, merge_checked  # noqa: E402
-from ..pipeline import ROOT, Run, build_root  # noqa: E402
+from ..config import ParamsError, merge_checked  # noqa: E402
+from ..pipeline import ROOT, Run  # noqa: E402
 from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure  # noqa: E402
 
 REPORT_DEFAULTS = {

@@ -178,7 +178,7 @@ def _index(bank: bankmod.Bank, kind: str, nlist, nprobe, seed=0, subset=None):
 
 # -- prepare -----------------------------------------------------------------------------------
 def _prepared(run) -> tuple[bankmod.Bank, dict]:
-    cfg, d = run.cfg, run.cfg["data"]
+    d = run.cfg["data"]
     bank = load_bank(run)
     path = run.data_dir / "pairs.npz"
     meta_path = run.data_dir / "prepared.json"
