@@ -49,6 +49,31 @@ def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None 
     return F.cross_entropy(logits, labels)
 
 
+def in_batch_softmax_distinct(scores: torch.Tensor, row_of: torch.Tensor, col_of: torch.Tensor,
+                              col_count: torch.Tensor, col_log_q: torch.Tensor | None = None,
+                              remove_accidental_hits: bool = False) -> torch.Tensor:
+    """The in-batch softmax of ``in_batch_softmax_logits`` computed without the (B, B) matrix.
+
+    ``scores`` (R, C): logits of R distinct query rows against C distinct candidate items;
+    batch row b is query ``row_of[b]`` with positive item ``col_of[b]``; ``col_count[c]``
+    is how many of the batch's positives are item c. A row's softmax denominator over the
+    B batch columns is then a sum over C distinct items weighted by their counts, so the
+    work is R x C instead of B x B (ML-1M, B = 1024: about 240 x 700 instead of 1024 x 1024).
+    Exact, not an approximation; a test checks it against the (B, B) version.
+
+    ``remove_accidental_hits``: the other copies of row b's own positive item are not
+    negatives, so that item counts once in row b's denominator instead of ``col_count``.
+    """
+    logits = scores if col_log_q is None else scores - col_log_q[None, :]
+    weighted = logits + torch.log(col_count.to(logits.dtype))[None, :]
+    top = weighted.max(dim=1).values.detach()
+    total = torch.exp(weighted - top[:, None]).sum(1)[row_of]
+    pos = logits[row_of, col_of]
+    if remove_accidental_hits:
+        total = total - (col_count[col_of] - 1).to(logits.dtype) * torch.exp(pos - top[row_of])
+    return (top[row_of] + torch.log(total) - pos).mean()
+
+
 def sampled_softmax(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                     temperature: float) -> torch.Tensor:
     """Explicit negatives: ``neg`` is (B, n_neg, d); each row's positive vs its negatives."""

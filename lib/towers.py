@@ -44,12 +44,17 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequ
 
 
 class ItemTower(nn.Module):
-    def __init__(self, n_items: int, genres: np.ndarray, year: np.ndarray, cfg: dict):
+    def __init__(self, n_items: int, genres: np.ndarray, year: np.ndarray, cfg: dict,
+                 popularity: np.ndarray | None = None):
+        """``popularity`` (n_items, k), optional: standardised training-period popularity
+        features (see ``training.popularity_features``), appended to genres and year."""
         super().__init__()
         self.use_features = cfg["item_features"]
         self.use_ids = cfg["id_embeddings"]
         y = np.nan_to_num(year, nan=np.nanmean(year) if np.isfinite(year).any() else 0.0)
         y = (y - y.mean()) / (y.std() + 1e-6)
+        if popularity is not None:
+            genres = np.concatenate([genres, popularity], axis=1)  # "genres" below: all dense features but year
         self.register_buffer("genres", torch.as_tensor(genres, dtype=torch.float32))
         self.register_buffer("year", torch.as_tensor(y, dtype=torch.float32)[:, None])
         in_dim = 0

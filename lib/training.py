@@ -30,6 +30,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _fused_if_supported() -> dict:
+    """Adam's fused kernel (one pass over all parameters): about 2 ms a step less on CPU
+    than the per-parameter loop. Same update rule."""
+    import inspect
+    return {"fused": True} if "fused" in inspect.signature(torch.optim.Adam).parameters else {}
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -39,12 +46,20 @@ def seed_everything(seed: int) -> None:
 class NegativeSampler:
     """Uniform negatives that are never one of the user's training items."""
 
+    DENSE_MAX_CELLS = 100_000_000  # a dense seen-matrix up to 100 MB (ML-1M: 21 MB)
+
     def __init__(self, seen: sp.csr_matrix):
         self.n_items = seen.shape[1]
+        self.dense = None
+        if seen.shape[0] * seen.shape[1] <= self.DENSE_MAX_CELLS:
+            self.dense = seen.toarray() > 0  # one lookup per draw instead of a binary search
+            return
         coo = seen.tocoo()
         self.keys = np.unique(coo.row.astype(np.int64) * self.n_items + coo.col)
 
     def is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.dense is not None:
+            return self.dense[users, items]
         q = users.astype(np.int64) * self.n_items + items
         pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
         return self.keys[pos] == q
@@ -78,10 +93,24 @@ def history_weights(data: PreparedData, mode: str, half_life_days: float) -> sp.
                          shape=(data.n_users, data.n_items))
 
 
+def popularity_features(data: PreparedData, window_days: float) -> np.ndarray:
+    """(n_items, 2): log(1 + training interactions) over the whole training period and over
+    its last ``window_days``, each standardised. Training split only: nothing from the
+    validation or test periods (tests check it)."""
+    tr = data.train
+    ts = tr["timestamp"].to_numpy()
+    recent = ts >= ts.max() - window_days * 86400.0
+    cols = [np.log1p(np.bincount(tr["item"].to_numpy()[mask], minlength=data.n_items)).astype(np.float64)
+            for mask in (np.ones(len(tr), bool), recent)]
+    return np.stack([(c - c.mean()) / (c.std() + 1e-6) for c in cols], axis=1).astype(np.float32)
+
+
 def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
     user = UserTower(data.n_users, data.n_items, data.user_gender, data.user_age,
                      data.user_occupation, model_cfg)
-    item = ItemTower(data.n_items, data.item_genres, data.item_year, model_cfg)
+    pop = (popularity_features(data, model_cfg["popularity_window_days"])
+           if model_cfg["item_popularity"] else None)
+    item = ItemTower(data.n_items, data.item_genres, data.item_year, model_cfg, popularity=pop)
     if model_cfg["history"] != "none":
         user.set_history(history_weights(data, model_cfg["history"], model_cfg["history_half_life_days"]))
     return TwoTower(user, item)
@@ -114,13 +143,17 @@ class Trainer:
                            (data.train["user"].to_numpy(), data.train["item"].to_numpy())), shape=self.seen.shape)
         r.sort_indices()
         self.nnz_rating = r.data
+        t = sp.csr_matrix((data.train["timestamp"].to_numpy(np.float64),
+                           (data.train["user"].to_numpy(), data.train["item"].to_numpy())), shape=self.seen.shape)
+        t.sort_indices()
+        self.nnz_timestamp = t.data
         va = data.val[data.val["rating"] >= min_r]
         self.val_users, self.val_items = va["user"].to_numpy(), va["item"].to_numpy()
         counts = np.bincount(self.train_items, minlength=data.n_items).astype(np.float64)
         q = (counts + 1.0) / (counts.sum() + data.n_items)  # candidate sampling probability
         self.log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg["learning_rate"],
-                                          weight_decay=train_cfg["weight_decay"])
+                                          weight_decay=train_cfg["weight_decay"], **_fused_if_supported())
 
     # -- loss for one batch: kept separate so tests can probe it -------------------------
     def batch_loss(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray | None,
@@ -166,8 +199,10 @@ class Trainer:
 
     def _grouped_batch_loss(self, u_t, i_t, negatives, users) -> torch.Tensor:
         """Features-only towers: every logit the loss needs is an entry of one small
-        (distinct users x distinct items) score matrix, so nothing else is multiplied.
-        Same loss as the general path (tests check it), several times faster on CPU."""
+        (distinct users x distinct item feature rows) score matrix, so nothing else is
+        multiplied, and the in-batch softmax runs over distinct users x distinct items
+        (``losses.in_batch_softmax_distinct``). Same loss as the general path (tests check
+        it), several times faster on CPU."""
         cfg = self.loss_cfg
         user_distinct, rows = self.model.user_tower.forward_grouped(u_t)
         item_tower = self.model.item_tower
@@ -182,9 +217,10 @@ class Trainer:
             terms["explicit"] = losses.sampled_softmax_logits(scores[rows, group[i_t]],
                                                               scores[rows[:, None], group[neg_ids]])
         if cfg["kind"] in ("in_batch", "mixed"):
-            logits = scores[rows][:, group[i_t]]
-            terms["in_batch"] = losses.in_batch_softmax_logits(
-                logits, item_ids=i_t, log_q=self.log_q[i_t] if cfg["logq_correction"] else None,
+            items, col_of, count = torch.unique(i_t, return_inverse=True, return_counts=True)
+            terms["in_batch"] = losses.in_batch_softmax_distinct(
+                scores[:, group[items]], rows, col_of, count,
+                col_log_q=self.log_q[items] if cfg["logq_correction"] else None,
                 remove_accidental_hits=cfg["remove_accidental_hits"])
         if cfg["kind"] == "mixed":
             w = cfg["explicit_weight"]
@@ -240,20 +276,31 @@ class Trainer:
 
     # -- user-batched multinomial training ------------------------------------------------
     def _user_split(self, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        """Split every user's training items at random into an input part (the history the
-        user tower sees) and a target part (``target_fraction``), re-drawn each epoch. The
-        targets are never in the input: the tower must predict them, not copy them."""
+        """Split every user's training items into an input part (the history the user tower
+        sees) and a target part (``target_fraction``): at random, re-drawn each epoch, or the
+        most recent items (``target_selection: latest``). The targets are never in the
+        input: the tower must predict them, not copy them."""
         hist = self.model.user_tower.hist if self.model.user_tower.hist is not None else self.seen
         hist = hist.tocsr()
-        is_target = rng.random(hist.nnz) < self.train_cfg["target_fraction"]
         counts = np.diff(hist.indptr)
         row = np.repeat(np.arange(hist.shape[0]), counts)
-        # keep at least one input and one target for users with >= 2 items
-        first = hist.indptr[:-1][counts >= 2]
-        is_target[first] = False
-        n_t = np.bincount(row[is_target], minlength=hist.shape[0])
-        need = np.flatnonzero((n_t == 0) & (counts >= 2))
-        is_target[hist.indptr[need] + 1] = True
+        if self.train_cfg["target_selection"] == "latest":
+            # each user's most recent items are the targets, the older ones the input: the
+            # task the test split poses (predict what comes next); the same split every epoch.
+            # At least one input and one target for users with >= 2 items.
+            order = np.lexsort((self.nnz_timestamp, row))
+            rank = np.empty(hist.nnz, np.int64)
+            rank[order] = np.arange(hist.nnz) - hist.indptr[row[order]]
+            n_target = np.clip(np.round(self.train_cfg["target_fraction"] * counts), 1, np.maximum(counts - 1, 1))
+            is_target = rank >= (counts - n_target)[row]
+        else:
+            is_target = rng.random(hist.nnz) < self.train_cfg["target_fraction"]
+            # keep at least one input and one target for users with >= 2 items
+            first = hist.indptr[:-1][counts >= 2]
+            is_target[first] = False
+            n_t = np.bincount(row[is_target], minlength=hist.shape[0])
+            need = np.flatnonzero((n_t == 0) & (counts >= 2))
+            is_target[hist.indptr[need] + 1] = True
         if self.model.user_tower.history == "none":
             is_target[:] = True  # no input history to leak into: every item is a target
         ratings_ok = self.nnz_rating >= self.train_cfg["positive_min_rating"]

@@ -132,11 +132,37 @@ def test_training_learns_on_planted_data(synthetic_data):
     assert tt["ndcg@10"] > 1.5 * rnd["ndcg@10"]
 
 
+@pytest.mark.parametrize("logq,hits", [(False, False), (True, False), (True, True)])
+def test_in_batch_softmax_distinct_equals_full_matrix(logq, hits):
+    """The (distinct users x distinct items) form of the in-batch softmax is the same loss,
+    value and gradient, as the (B, B) matrix, with many repeated users and items."""
+    g = torch.Generator().manual_seed(0)
+    n_rows, n_items, b = 5, 7, 40
+    row_of = torch.randint(0, n_rows, (b,), generator=g)
+    item_of = torch.randint(0, n_items, (b,), generator=g)
+    base = torch.randn(n_rows, n_items, generator=g, dtype=torch.float64) * 3
+    log_q_all = torch.log(torch.rand(n_items, generator=g, dtype=torch.float64))
+    items, col_of, count = torch.unique(item_of, return_inverse=True, return_counts=True)
+
+    s1 = base.clone().requires_grad_(True)
+    full = losses.in_batch_softmax_logits(s1[row_of][:, item_of], item_ids=item_of,
+                                          log_q=log_q_all[item_of] if logq else None, remove_accidental_hits=hits)
+    full.backward()
+    s2 = base.clone().requires_grad_(True)
+    fast = losses.in_batch_softmax_distinct(s2[:, items], row_of, col_of, count,
+                                            col_log_q=log_q_all[items] if logq else None, remove_accidental_hits=hits)
+    fast.backward()
+    assert float(fast) == pytest.approx(float(full), rel=1e-10)
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-10)
+    assert bool((count > 1).any())  # the case that matters: repeated items in the batch
+
+
 @pytest.mark.parametrize("kind", ["in_batch", "explicit", "mixed"])
-def test_grouped_fast_path_equals_general_loss(synthetic_data, kind):
+@pytest.mark.parametrize("logq,hits", [(False, False), (True, True)])
+def test_grouped_fast_path_equals_general_loss(synthetic_data, kind, logq, hits):
     """Features-only towers take a score-matrix shortcut; it must be the same loss."""
     tr = Trainer(synthetic_data, dict(MODEL, dropout=0.0), dict(study.DEFAULTS["loss"], kind=kind, num_negatives=5,
-                                                               logq_correction=True, remove_accidental_hits=True),
+                                                               logq_correction=logq, remove_accidental_hits=hits),
                  TRAIN, seed=0)
     assert tr.model.user_tower.grouped and tr.model.item_tower.grouped
     users, items = tr.train_users[:64], tr.train_items[:64]
@@ -159,3 +185,39 @@ def test_evaluation_never_ranks_training_items(synthetic_data):
     # and a user's training items that reappear in test are not counted: the split has none
     test = synthetic_data.matrix("test")
     assert (seen.multiply(test)).nnz == 0
+
+
+def test_popularity_features_come_from_training_only(synthetic_data):
+    """Item popularity features: recomputed independently from the training split, and
+    unchanged when the validation and test splits change (no future data in the features)."""
+    import copy
+
+    from lib.training import popularity_features
+    feats = popularity_features(synthetic_data, 30.0)
+    tr = synthetic_data.train
+    recent = tr[tr["timestamp"] >= tr["timestamp"].max() - 30 * 86400]
+    for col, frame in enumerate((tr, recent)):
+        counts = frame["item"].value_counts().reindex(range(synthetic_data.n_items), fill_value=0)
+        expected = np.log1p(counts.to_numpy(float))
+        expected = (expected - expected.mean()) / (expected.std() + 1e-6)
+        assert np.allclose(feats[:, col], expected, atol=1e-5)
+    other = copy.copy(synthetic_data)
+    other.val = synthetic_data.val.assign(item=0)    # every future rating on item 0
+    other.test = synthetic_data.test.assign(item=0)
+    assert np.array_equal(popularity_features(other, 30.0), feats)
+
+
+def test_latest_targets_are_each_users_most_recent_items(synthetic_data):
+    """target_selection: latest -> targets are newer than every input item of the user,
+    never overlap the input, and every user with >= 2 items keeps one of each."""
+    model = dict(MODEL, id_embeddings=True, history="recency")
+    tr = Trainer(synthetic_data, model, dict(study.DEFAULTS["loss"], kind="full_softmax"),
+                 dict(TRAIN, batching="users", target_selection="latest", target_fraction=0.3), seed=0)
+    inputs, targets = tr._user_split(np.random.default_rng(0))
+    ts = {(u, i): t for u, i, t in synthetic_data.train[["user", "item", "timestamp"]].itertuples(index=False)}
+    counts = np.diff(tr.seen.indptr)
+    for u in np.flatnonzero(counts >= 2):
+        a, b = inputs[u].indices, targets[u].indices
+        assert len(a) and len(b) and not set(a) & set(b)
+        assert max(ts[(u, i)] for i in a) <= min(ts[(u, i)] for i in b)
+    assert targets.nnz == pytest.approx(0.3 * tr.seen.nnz, rel=0.1)

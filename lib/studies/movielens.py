@@ -18,7 +18,7 @@ import torch
 
 from .. import baselines, metrics, movielens, retrieval, stats
 from ..config import ParamsError, params_hash, require
-from ..pipeline import code_version
+from ..pipeline import code_version, file_lock
 from ..prepared import PreparedData, prepare as prepare_protocol
 from ..report import atomic_write_json
 from ..training import Trainer, build_model, embed_users, pick_device
@@ -42,6 +42,8 @@ DEFAULTS = {
         "user_features": True, "item_features": True, "id_embeddings": False,
         "history": "none",           # none | mean | recency
         "history_half_life_days": 30.0,
+        "item_popularity": False,    # item tower also sees training-period popularity (all, recent)
+        "popularity_window_days": 30.0,
     },
     "loss": {
         "kind": "mixed",             # in_batch | explicit | mixed | full_softmax
@@ -56,6 +58,7 @@ DEFAULTS = {
         "early_stopping_metric": "val_loss",  # val_loss | val_ndcg@10 | val_recall@10
         "batching": "interactions",  # interactions: one positive per row | users: all of a user's targets per row
         "user_batch_size": 128, "target_fraction": 0.2,  # users batching: share of history held out as targets
+        "target_selection": "random",  # users batching: random (re-drawn each epoch) | latest (each user's most recent)
         "threads": 1,            # torch intra-op threads; 2 threads thrash when anything else shares 2 cores
     },
     "evaluate": {
@@ -63,6 +66,12 @@ DEFAULTS = {
         "bootstrap": 1000, "latency": False, "latency_repeats": 1000,
     },
 }
+# The code whose change invalidates cached data, models and metrics (lib.pipeline.code_version):
+# what computes results. Report layout, the CLI and params checking are left out, so that
+# editing them does not retrain every model.
+KEY_CODE = tuple(f"lib/{name}.py" for name in (
+    "movielens", "prepared", "towers", "losses", "training", "baselines", "metrics", "retrieval",
+    "stats", "studies/movielens"))
 OPEN_KEYS = frozenset({"model.params", "model.select_on_validation"})
 MODEL_KINDS = ("two_tower", *baselines.BASELINES)
 KS = metrics.KS
@@ -80,6 +89,9 @@ def validate(cfg: dict) -> None:
     require(all(isinstance(h, int) and h > 0 for h in m["hidden"]), "model.hidden: positive integers")
     require(m["history"] in ("none", "mean", "recency"), f"model.history: unknown '{m['history']}'")
     require(m["history_half_life_days"] > 0, "model.history_half_life_days must be > 0")
+    require(m["popularity_window_days"] > 0, "model.popularity_window_days must be > 0")
+    require(not m["item_popularity"] or m["item_features"],
+            "model.item_popularity needs model.item_features (popularity is an item feature)")
     require(lo["kind"] in ("in_batch", "explicit", "mixed", "full_softmax"), f"loss.kind: unknown '{lo['kind']}'")
     require(lo["temperature"] > 0, f"loss.temperature must be > 0, got {lo['temperature']}")
     require(0 <= lo["explicit_weight"] <= 1, "loss.explicit_weight must be in [0, 1]")
@@ -94,6 +106,7 @@ def validate(cfg: dict) -> None:
     require(t["batching"] in ("interactions", "users"), f"train.batching: unknown '{t['batching']}'")
     require(t["batching"] == "interactions" or lo["kind"] == "full_softmax",
             "train.batching: users needs loss.kind: full_softmax (a softmax over the whole catalog per user)")
+    require(t["target_selection"] in ("random", "latest"), f"train.target_selection: unknown '{t['target_selection']}'")
     require(0 < t["target_fraction"] < 1 and t["user_batch_size"] >= 1, "train.target_fraction in (0, 1), user_batch_size >= 1")
     require(set(e["splits"]) <= {"val", "test"} and e["splits"], "evaluate.splits: a subset of [val, test]")
     require(e["k"] >= max(KS), f"evaluate.k must be >= {max(KS)}")
@@ -116,6 +129,13 @@ def load_data(run) -> PreparedData:
     folder = run.data_dir
     if (folder / "prepared.npz").is_file() and (folder / "meta.json").is_file():
         return PreparedData.load(folder)
+    with file_lock(folder):  # parallel runs on the same data prepare it once
+        if (folder / "prepared.npz").is_file() and (folder / "meta.json").is_file():
+            return PreparedData.load(folder)
+        return _prepare_data(run, folder)
+
+
+def _prepare_data(run, folder: Path) -> PreparedData:
     d = run.cfg["data"]
     if d["dataset"] == "synthetic":
         src = movielens.write_synthetic_ml1m(folder / "synthetic", seed=run.cfg["seed"], **d["synthetic"])
@@ -191,10 +211,17 @@ def _fit_baseline(cfg, data: PreparedData, hyper: dict):
 
 
 def train(run) -> dict:
-    cfg = run.cfg
     out = model_dir(run) / "train.json"
     if out.is_file() and json.loads(out.read_text()).get("key") == run.train_key:
         return _train_tables(json.loads(out.read_text()))
+    with file_lock(model_dir(run)):  # two runs sharing one model (parallel): trained once
+        if out.is_file() and json.loads(out.read_text()).get("key") == run.train_key:
+            return _train_tables(json.loads(out.read_text()))
+        return _train(run, out)
+
+
+def _train(run, out: Path) -> dict:
+    cfg = run.cfg
     data = load_data(run)
     torch.set_num_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])
@@ -364,4 +391,13 @@ def _eval_tables(out: dict) -> dict:
     return tables
 
 
-from .movielens_report import REPORT_DEFAULTS, render_report, report_config  # noqa: E402,F401
+# -- report (lib/studies/movielens_report.py; imported only when a report is rendered, so
+# that the run notebooks do not pay for matplotlib) ---------------------------------------------
+def report_config(raw: dict) -> dict:
+    from .movielens_report import report_config as configure_report
+    return configure_report(raw)
+
+
+def render_report(rcfg: dict) -> dict:
+    from .movielens_report import render_report as render
+    return render(rcfg)
