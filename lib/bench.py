@@ -1,9 +1,10 @@
 """Benchmark the MovieLens speed targets and print the figures.
 
-    python -m lib.bench [--params params/movielens/two_tower_reference.yaml]
+    python -m lib.bench [--params params/movielens/two_tower_reference.yaml] [--threads N] [--device cuda]
 
 Measures, on this machine: (1) one full training run of the given config (early stopping
-included), (2) scoring and ranking all evaluated test users over the full catalog (top-100,
+included; the per-epoch time and the epoch count are printed too, since the count is
+set by early stopping), (2) scoring and ranking all evaluated test users over the full catalog (top-100,
 training items excluded, FAISS), (3) the metric computation. Prints each with its target.
 Runs in a temporary build folder, so it never touches cached runs.
 """
@@ -17,9 +18,25 @@ import time
 import numpy as np
 
 
+def _config(path, overrides: dict) -> dict:
+    """The run's validated config, straight from the params file (no notebook inspection,
+    so the benchmark also runs where papermill is not installed)."""
+    from .config import load_yaml
+    from .pipeline import configure
+    raw = load_yaml(path)
+    sections = {k: dict(raw.get(k) or {}) for k in ("data", "model", "loss", "train", "evaluate")}
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            sections[k].update(v)
+    return configure(study=raw.get("study", "movielens"), run=path.stem, seed=raw.get("seed", 0),
+                     device=overrides.get("device", raw.get("device", "cpu")), **sections).cfg
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params/movielens/two_tower_reference.yaml")
+    ap.add_argument("--threads", type=int, help="torch threads for training (default: the params' train.threads)")
+    ap.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default: the params' device")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TWOTOWER_BUILD_DIR"] = tmp
@@ -27,23 +44,35 @@ def main(argv=None) -> int:
 
         from . import metrics
         from .pipeline import ROOT, Run
-        from .run import run_parameters
         from .studies import movielens as study
 
-        run = Run(run_parameters(ROOT / args.params)["_cfg"])
+        overrides = {}
+        if args.threads:
+            overrides["train"] = {"threads": args.threads}
+        if args.device:
+            overrides["device"] = args.device
+        run = Run(_config(ROOT / args.params, overrides))
         data = study.load_data(run)
         t0 = time.perf_counter()
-        study.train(run)
+        info = study.train(run)
         train_s = time.perf_counter() - t0
         model = study.load_model(run, data)
+        device = study.pick_device(run.cfg["device"])
         torch.set_num_threads(run.cfg["train"]["threads"])
         truth, users = study._truth(data, run.cfg, "test")
         t0 = time.perf_counter()
-        top = study.rank(model, data, users, 100, "cpu")
+        top = study.rank(model, data, users, 100, device)
         rank_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics.per_user_metrics(metrics.hit_matrix(top, truth, users), np.diff(truth[users].indptr))
         metric_s = time.perf_counter() - t0
+    epochs = info.get("history")
+    print(f"{run.cfg['run']}: device {run.cfg['device']}, torch threads {run.cfg['train']['threads']}, "
+          f"{torch.get_num_threads()} after training")
+    if epochs is not None:
+        per_epoch = epochs["seconds"].to_numpy()
+        print(f"epochs {len(per_epoch)} (best {int(epochs.loc[epochs['best'], 'epoch'].max())}), "
+              f"seconds per epoch: median {np.median(per_epoch):.1f}, min {per_epoch.min():.1f}, max {per_epoch.max():.1f}")
     rows = [("training run, " + args.params, train_s, 180.0),
             (f"score + rank {len(users):,} users x {data.n_items:,} items", rank_s, 5.0),
             ("metrics for those users", metric_s, None)]

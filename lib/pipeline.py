@@ -8,6 +8,8 @@ only redoes what changed.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -21,18 +23,40 @@ STUDIES = ("movielens", "wikiseq")
 TOP_LEVEL = ("study", "run", "data", "model", "loss", "train", "evaluate", "seed", "device")
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(study: str = "movielens") -> str:
     """Hash of the library source a study runs (lib/*.py, lib/studies/<study>*.py and the
-    study's CODE_PATHS): cached results are reused only by the same code."""
+    study's CODE_PATHS): cached results are reused only by the same code. Read once per
+    process, when the code is imported, so an edit made while a run is going neither
+    splits that run across two cache keys nor labels its results with code it did not run."""
     import hashlib
     h = hashlib.sha256()
-    files = set((ROOT / "lib").glob("*.py")) | set((ROOT / "lib" / "studies").glob(f"{study}*.py"))
-    for extra in getattr(study_module(study), "CODE_PATHS", ()):
-        files |= set((ROOT / extra).rglob("*.py"))
+    mod = study_module(study)
+    if hasattr(mod, "KEY_CODE"):  # the files that compute results (not report layout, CLI, ...)
+        files = {ROOT / rel for rel in mod.KEY_CODE}
+    else:
+        files = set((ROOT / "lib").glob("*.py")) | set((ROOT / "lib" / "studies").glob(f"{study}*.py"))
+        for extra in getattr(mod, "CODE_PATHS", ()):
+            files |= set((ROOT / extra).rglob("*.py"))
     for p in sorted(files):
         h.update(p.relative_to(ROOT).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def file_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file in it) for the block: runs
+    executed in parallel that need the same prepared data or the same trained model
+    build it once; the others wait, then find it cached."""
+    import fcntl
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def build_root() -> Path:

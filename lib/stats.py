@@ -8,7 +8,6 @@ regardless of ``n_boot``. Results are deterministic given ``seed``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as _sps
 
 __all__ = ["bootstrap_ci", "paired_bootstrap"]
 
@@ -102,6 +101,7 @@ def paired_bootstrap(
     b = _as_1d(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same length ({a.size} != {b.size})")
+    from scipy import stats as _sps  # here, not at the top: 1 s of import for every run notebook
     d = a - b
     n_boot = int(n_boot)
     boot = _bootstrap_means(d, n_boot, seed)

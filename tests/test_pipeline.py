@@ -52,3 +52,13 @@ def test_smoke_report_renders_every_section(tmp_path):
     companion = json.loads(out.with_suffix(".json").read_text())
     assert companion["main_row"]["m"]["ndcg@10"] > 0
     assert (tmp_path / "figures" / "ml_loss_curves.png").is_file()
+
+
+def test_parallel_runs_report_every_failure(tmp_path):
+    """run_many with jobs > 1 attempts every run and fails naming the broken ones."""
+    d = tmp_path / "movielens"
+    d.mkdir()
+    (d / "bad_key.yaml").write_text("train: {max_epoch: 3}\n")
+    (d / "bad_value.yaml").write_text("loss: {temperature: -1}\n")
+    with pytest.raises(RuntimeError, match="2 run\\(s\\) failed: .*bad_"):
+        runner.run_many([d / "bad_key.yaml", d / "bad_value.yaml"], jobs=2)
