@@ -49,7 +49,15 @@ def report_config(raw: dict) -> dict:
         if not isinstance(t, dict) or set(t) != {"min", "good"}:
             raise ParamsError(f"report.targets.{metric}: needs exactly 'min' and 'good'")
     cfg["runs"] = sorted(set(_all_params(cfg)))
+    # runs that are a variant's params file on another dataset (other_datasets with
+    # two_tower: auto): lib.run executes them with the runs above, as (file, overrides)
+    cfg["derived_runs"] = [(e["params"], _on_dataset(entry["dataset"])) for entry in cfg["other_datasets"]
+                           if entry["two_tower"] == "auto" for e in cfg["two_tower_variants"]]
     return cfg
+
+
+def _on_dataset(dataset: str) -> dict:
+    return {"data": {"dataset": dataset}}
 
 
 def _all_params(cfg):
@@ -227,12 +235,22 @@ def render_report(rcfg: dict) -> dict:
 
     others = []
     for entry in rcfg["other_datasets"]:
-        tt_params = best_params if entry["two_tower"] == "auto" else entry["two_tower"]
-        tt_res = get(tt_params, {**on_test, "data": {"dataset": entry["dataset"]}}) if entry["two_tower"] == "auto" \
-            else get(tt_params)
-        tt = _row("Two-tower (best config from ML-1M validation)", tt_res)
+        selection = []
+        if entry["two_tower"] == "auto":
+            # chosen again on *this* dataset's validation split, among the same variants
+            on_ds = _on_dataset(entry["dataset"])
+            for e in rcfg["two_tower_variants"]:
+                v = get(e["params"], on_ds)["splits"]["val"]["metrics"]
+                selection.append({"label": e["label"], "params": e["params"], "m": v})
+            pick = max(selection, key=lambda v: v["m"]["ndcg@10"])
+            tt_res = get(pick["params"], {**on_test, **on_ds})
+            tt_label = f"Two-tower (best on {entry['label']} validation: {pick['label'].split(':')[0]})"
+        else:
+            tt_res, tt_label = get(entry["two_tower"]), "Two-tower"
+        tt = _row(tt_label, tt_res)
         rows = [_row(b["label"], get(b["params"])) for b in entry["baselines"]] + [tt]
-        others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"]})
+        others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"],
+                       "selection": selection})
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = {"loss": fig_dir / "ml_loss_curves.png", "at_k": fig_dir / "ml_metrics_at_k.png",
@@ -258,7 +276,12 @@ def render_report(rcfg: dict) -> dict:
             checks[f"{res['data']['name']}/{name}"] = digest
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
     started = os.environ.get("TWOTOWER_REPORT_START")
+    epoch_seconds = [r["seconds"] for r in main["train"].get("history", [])]
     speed = {"reference_train_seconds": main["train"]["seconds"],
+             "reference_epochs": len(epoch_seconds), "reference_best_epoch": main["train"].get("best_epoch"),
+             "reference_epoch_median_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+             "reference_threads": main["config"]["train"]["threads"],
+             "all_runs_train_seconds": float(sum(wall.values())), "n_runs": len(wall),
              "rank_seconds": main["splits"]["test"]["rank_seconds"], "rank_users": main["splits"]["test"]["n_users"],
              "report_wall_seconds": (time.time() - float(started)) if started else None,
              "targets": rcfg["speed_targets"]}
