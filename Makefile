@@ -15,7 +15,11 @@ export OMP_NUM_THREADS ?= 2
 # Runs executed at a time by `make report` (each run trains with one torch thread: one per core).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 # When `make report` started: the MovieLens report states its own wall time.
-export TWOTOWER_REPORT_START ?= $(shell date +%s)
+# (`:=`, evaluated once when make starts: a `?=` variable would re-run `date` at each use)
+ifndef TWOTOWER_REPORT_START
+TWOTOWER_REPORT_START := $(shell date +%s)
+endif
+export TWOTOWER_REPORT_START
 
 .PHONY: setup test unit notebooks report report-movielens report-wikiseq bench clean strip
 

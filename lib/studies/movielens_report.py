@@ -91,7 +91,8 @@ def _per_user(result: dict, split: str, metric: str) -> tuple[np.ndarray, np.nda
 
 def _row(label: str, result: dict, split: str = "test") -> dict:
     e = result["splits"][split]
-    return {"label": label, "m": e["metrics"], "ci": e.get("ci", {}), "coverage": e["coverage@100"],
+    val = result["splits"].get("val", {}).get("metrics") if split != "val" else None
+    return {"label": label, "m": e["metrics"], "val_m": val, "ci": e.get("ci", {}), "coverage": e["coverage@100"],
             "diversity": e["genre_diversity@10"], "n_users": e["n_users"],
             "train_seconds": result["train"]["seconds"], "kind": result["config"]["model"]["kind"],
             "params": result["_params"]}
@@ -172,6 +173,31 @@ def _paired(a: dict, b: dict, metric: str, n_boot: int, seed: int = 0) -> dict:
     return stats.paired_bootstrap(va, vb, n_boot=n_boot, seed=seed)
 
 
+def _val_vs_test(rows: list[dict]) -> list[dict]:
+    """Each model's NDCG@10 and Recall@10 on validation and on test, with its rank among
+    the models on each split: does the order chosen on validation hold one period later?"""
+    rows = [r for r in rows if r.get("val_m")]
+    out = [{"label": r["label"], **{f"{s}_{m}": (r["val_m"] if s == "val" else r["m"])[m]
+                                    for s in ("val", "test") for m in ("ndcg@10", "recall@10")}} for r in rows]
+    for s in ("val", "test"):
+        order = sorted(range(len(out)), key=lambda i: -out[i][f"{s}_ndcg@10"])
+        for rank, i in enumerate(order, 1):
+            out[i][f"{s}_rank"] = rank
+    for r in out:
+        r["drop"] = 1 - r["test_ndcg@10"] / r["val_ndcg@10"] if r["val_ndcg@10"] else float("nan")
+    return out
+
+
+def _recency_gain(rows: list[dict]) -> dict | None:
+    """How much counting only recent training interactions helps popularity (test NDCG@10):
+    a measure of how strongly the test period favours what was popular just before it."""
+    kinds = {r["kind"]: r for r in rows}
+    if "popularity" not in kinds or "recent_popularity" not in kinds:
+        return None
+    pop, rec = kinds["popularity"]["m"]["ndcg@10"], kinds["recent_popularity"]["m"]["ndcg@10"]
+    return {"popularity": pop, "recent_popularity": rec, "gain": rec / pop - 1 if pop else float("nan")}
+
+
 def _verdicts(best_tt: dict, rows: list[dict]) -> list[dict]:
     out = []
     base = [r for r in rows if r["kind"] != "two_tower"]
@@ -231,6 +257,8 @@ def render_report(rcfg: dict) -> dict:
         bb = get(best_base["params"])
         paired = {m: _paired(best, bb, m, rcfg["bootstrap"]) for m in CMP_METRICS}
     verdicts = _verdicts(best_row, comparison) if base_rows else []
+    val_vs_test = _val_vs_test(comparison)
+    recency = _recency_gain(comparison)
     main_losses = [r for r in base_rows if any(r["m"][m] > main_row["m"][m] for m in CMP_METRICS)]
 
     others = []
@@ -250,7 +278,7 @@ def render_report(rcfg: dict) -> dict:
         tt = _row(tt_label, tt_res)
         rows = [_row(b["label"], get(b["params"])) for b in entry["baselines"]] + [tt]
         others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"],
-                       "selection": selection})
+                       "selection": selection, "recency": _recency_gain(rows)})
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs = {"loss": fig_dir / "ml_loss_curves.png", "at_k": fig_dir / "ml_metrics_at_k.png",
@@ -276,12 +304,14 @@ def render_report(rcfg: dict) -> dict:
             checks[f"{res['data']['name']}/{name}"] = digest
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
     started = os.environ.get("TWOTOWER_REPORT_START")
+    fresh = len({res["_dir"] for res in cache.values()
+                 if started and (Path(res["_dir"]) / "metrics.json").stat().st_mtime >= float(started)})
     epoch_seconds = [r["seconds"] for r in main["train"].get("history", [])]
     speed = {"reference_train_seconds": main["train"]["seconds"],
              "reference_epochs": len(epoch_seconds), "reference_best_epoch": main["train"].get("best_epoch"),
              "reference_epoch_median_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
              "reference_threads": main["config"]["train"]["threads"],
-             "all_runs_train_seconds": float(sum(wall.values())), "n_runs": len(wall),
+             "all_runs_train_seconds": float(sum(wall.values())), "n_runs": len(wall), "fresh_runs": fresh,
              "rank_seconds": main["splits"]["test"]["rank_seconds"], "rank_users": main["splits"]["test"]["n_users"],
              "report_wall_seconds": (time.time() - float(started)) if started else None,
              "targets": rcfg["speed_targets"]}
@@ -289,7 +319,7 @@ def render_report(rcfg: dict) -> dict:
         "title": rcfg["title"], "main": main, "main_row": main_row, "best": best, "best_row": best_row,
         "has_best": bool(best_params), "best_params": best_params, "fix": fix, "baselines": base_rows, "comparison": comparison,
         "variants": variants, "paired": paired, "best_base": best_base, "verdicts": verdicts,
-        "main_losses": main_losses, "others": others, "targets": targets,
+        "main_losses": main_losses, "others": others, "targets": targets, "val_vs_test": val_vs_test, "recency": recency,
         "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
         "figs": {k: f"figures/{v.name}" for k, v in figs.items()}, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
