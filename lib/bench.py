@@ -18,20 +18,6 @@ import time
 import numpy as np
 
 
-def _config(path, overrides: dict) -> dict:
-    """The run's validated config, straight from the params file (no notebook inspection,
-    so the benchmark also runs where papermill is not installed)."""
-    from .config import load_yaml
-    from .pipeline import configure
-    raw = load_yaml(path)
-    sections = {k: dict(raw.get(k) or {}) for k in ("data", "model", "loss", "train", "evaluate")}
-    for k, v in overrides.items():
-        if isinstance(v, dict):
-            sections[k].update(v)
-    return configure(study=raw.get("study", "movielens"), run=path.stem, seed=raw.get("seed", 0),
-                     device=overrides.get("device", raw.get("device", "cpu")), **sections).cfg
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params/movielens/two_tower_reference.yaml")
@@ -44,6 +30,7 @@ def main(argv=None) -> int:
 
         from . import metrics
         from .pipeline import ROOT, Run
+        from .run import run_parameters
         from .studies import movielens as study
 
         overrides = {}
@@ -51,7 +38,7 @@ def main(argv=None) -> int:
             overrides["train"] = {"threads": args.threads}
         if args.device:
             overrides["device"] = args.device
-        run = Run(_config(ROOT / args.params, overrides))
+        run = Run(run_parameters(ROOT / args.params, overrides, check_notebooks=False)["_cfg"])
         data = study.load_data(run)
         t0 = time.perf_counter()
         info = study.train(run)

@@ -32,22 +32,28 @@ def notebook_parameters(name: str) -> set[str]:
     return set(papermill.inspect_notebook(str(NOTEBOOKS / name)))
 
 
-def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
+def run_parameters(path: str | Path, overrides: dict | None = None, check_notebooks: bool = True) -> dict:
     """The notebook parameters for a run params file: every section present (an omitted
-    section means the study defaults, never the notebook's smoke values)."""
+    section means the study defaults, never the notebook's smoke values). ``overrides``:
+    sections merged over the file's, and ``seed``/``device`` replacing its values.
+    ``check_notebooks=False`` skips the comparison with the notebooks' parameters cells
+    (for callers that run the steps without papermill, such as ``lib.bench``)."""
     path = Path(path)
     raw = load_yaml(path)
     study = raw.get("study", path.parent.name)
     unknown = set(raw) - set(TOP_LEVEL) - {"study"}
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {list(TOP_LEVEL)}")
-    allowed = set.intersection(*(notebook_parameters(nb) for nb in RUN_NOTEBOOKS))
-    missing = set(TOP_LEVEL) - allowed
-    if missing:  # the notebooks and lib disagree: a bug in the project, not in the params
-        raise RuntimeError(f"notebook parameters cells lack {sorted(missing)}")
-    params = {"study": study, "run": path.stem, "seed": raw.get("seed", 0), "device": raw.get("device", "cpu")}
+    if check_notebooks:
+        allowed = set.intersection(*(notebook_parameters(nb) for nb in RUN_NOTEBOOKS))
+        missing = set(TOP_LEVEL) - allowed
+        if missing:  # the notebooks and lib disagree: a bug in the project, not in the params
+            raise RuntimeError(f"notebook parameters cells lack {sorted(missing)}")
+    ov = overrides or {}
+    params = {"study": study, "run": path.stem, "seed": ov.get("seed", raw.get("seed", 0)),
+              "device": ov.get("device", raw.get("device", "cpu"))}
     for section in ("data", "model", "loss", "train", "evaluate"):
-        params[section] = _deep_merge(raw.get(section) or {}, (overrides or {}).get(section) or {})
+        params[section] = _deep_merge(raw.get(section) or {}, ov.get(section) or {})
     if overrides:
         params["run"] = f"{path.stem}-{params_hash(overrides, 6)}"
     cfg = configure(**params).cfg  # raises ParamsError on any unknown/mistyped/impossible value
