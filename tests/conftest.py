@@ -24,7 +24,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
-    from lib import movielens, prepared
-    src = movielens.write_synthetic_ml1m(tmp_path_factory.mktemp("syn"), n_users=120, n_items=80,
-                                         n_ratings=4000, seed=1)
-    return prepared.prepare(movielens.parse_ml1m(src, verify=False))
+    from lib.movielens import data
+    src = data.write_synthetic_ml1m(tmp_path_factory.mktemp("syn"), n_users=120, n_items=80,
+                                    n_ratings=4000, seed=1)
+    return data.prepare(data.parse_ml1m(src, verify=False))

@@ -1,4 +1,4 @@
-"""Behavioural tests for lib.baselines on small planted data sets."""
+"""Behavioural tests for lib.movielens.baselines on small planted data sets."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from lib.baselines import BASELINES, BPR, EASE, IALS, ItemKNN, Popularity, Random, RecentPopularity
+from lib.movielens.baselines import BASELINES, BPR, EASE, IALS, ItemKNN, Popularity, Random, RecentPopularity
 
 N_USERS, N_ITEMS = 50, 40
 DAY = 86400

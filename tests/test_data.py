@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lib import movielens, prepared
-from lib.movielens import DataError
+from lib.movielens import data as movielens
+from lib.movielens import data as prepared
+from lib.movielens.data import DataError
 
 
 def test_ml1m_reference_split_counts(shared_data):

@@ -5,7 +5,7 @@ import pytrec_eval
 import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
-from lib import metrics
+from lib.core import metrics
 
 
 def _random_case(seed, n_users=40, n_items=300, k=100):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import pipeline, run as runner
-from lib.config import ParamsError
+from lib.core import notebooks, runs
+from lib.core.params import ParamsError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ def test_every_committed_params_file_is_valid():
     for f in files:
         if f.name == "report.yaml":
             continue
-        runner.run_parameters(f)
+        runs.run_parameters(f)
 
 
 @pytest.mark.parametrize("section,bad,match", [
@@ -30,14 +30,14 @@ def test_every_committed_params_file_is_valid():
 ])
 def test_bad_values_raise(section, bad, match):
     with pytest.raises(ParamsError, match=match):
-        pipeline.configure(**section)
+        runs.configure(**section)
 
 
 def test_unknown_top_level_key_in_file(tmp_path):
     f = tmp_path / "typo.yaml"
     f.write_text("data: {dataset: synthetic}\nmodle: {kind: popularity}\n")
     with pytest.raises(ParamsError, match="modle"):
-        runner.run_parameters(f)
+        runs.run_parameters(f)
 
 
 def test_runner_fails_on_typo_before_executing(tmp_path):
@@ -51,13 +51,13 @@ def test_runner_fails_on_typo_before_executing(tmp_path):
 
 
 def test_notebook_parameters_cover_the_params_sections():
-    for nb in runner.RUN_NOTEBOOKS:
-        assert set(pipeline.TOP_LEVEL) <= runner.notebook_parameters(nb)
+    for nb in notebooks.RUN_NOTEBOOKS:
+        assert set(runs.TOP_LEVEL) <= notebooks.notebook_parameters(nb)
 
 
 def test_omitted_section_means_study_defaults_not_smoke(tmp_path):
     """A params file without `data` must not inherit the notebook's smoke dataset."""
     f = tmp_path / "x.yaml"
     f.write_text("study: movielens\nmodel: {kind: popularity}\n")
-    params = runner.run_parameters(f)
-    assert params["data"] == {} and params["_cfg"]["data"]["dataset"] == "ml-1m"
+    params = runs.run_parameters(f)
+    assert params["data"] == {} and runs.run_from_file(f).cfg["data"]["dataset"] == "ml-1m"

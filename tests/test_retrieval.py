@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from lib import retrieval
+from lib.core import retrieval
 
 
 def _case(seed=0, n_users=50, n_items=400, d=16):
@@ -17,7 +17,7 @@ def _case(seed=0, n_users=50, n_items=400, d=16):
 def test_faiss_equals_bruteforce_with_exclusion():
     u, v, seen = _case()
     users = np.arange(len(u))
-    got = retrieval.faiss_topk(retrieval.build_ip_index(v), u, users, seen, 50, batch_size=7)
+    got = retrieval.faiss_topk(retrieval.build_index(v), u, users, seen, 50, batch_size=7)
     exact = retrieval.brute_force_topk(u, v, users, seen, 50)
     np.testing.assert_array_equal(got, exact)
     assert retrieval.agreement_with_bruteforce(u, v, users, seen, got) == 1.0
@@ -37,7 +37,7 @@ def test_small_catalog_pads_with_minus_one():
     seen = sp.csr_matrix(np.ones((3, 12), np.float32))
     seen[0, :5] = 0
     seen.eliminate_zeros()
-    got = retrieval.faiss_topk(retrieval.build_ip_index(v), u, np.arange(3), seen, 8)
+    got = retrieval.faiss_topk(retrieval.build_index(v), u, np.arange(3), seen, 8)
     assert (got[0, 5:] == -1).all() and set(got[0, :5]) == set(range(5)) and (got[1] == -1).all()
     dense = retrieval.dense_topk(lambda ub: u[ub] @ v.T, np.arange(3), seen, 8)
     assert (dense[0, 5:] == -1).all() and set(dense[0, :5]) == set(range(5))

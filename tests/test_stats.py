@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import lib.stats as stats
-from lib.stats import bootstrap_ci, paired_bootstrap
+import lib.core.stats as stats
+from lib.core.stats import bootstrap_ci, paired_bootstrap
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
 per_user = arrays(np.float64, st.integers(2, 60), elements=finite)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import losses, pipeline
-from lib.studies import movielens as study
-from lib.training import NegativeSampler, Trainer
+from lib.core import runs as pipeline
+from lib.movielens import evaluate as evaluation, losses, steps as study
+from lib.movielens.train import NegativeSampler, Trainer
 
 MODEL = dict(study.DEFAULTS["model"], embedding_dim=16, hidden=[32])
 TRAIN = dict(study.DEFAULTS["train"], batch_size=64, max_epochs=2, threads=1)
@@ -25,8 +25,8 @@ def test_explicit_negatives_change_the_loss(synthetic_data):
         neg_a = tr.sampler.sample(users, 4, rng)
         neg_b = tr.sampler.sample(users, 4, rng)
         with torch.no_grad():
-            la = float(tr.batch_loss(users, items, neg_a))
-            lb = float(tr.batch_loss(users, items, neg_b))
+            la = float(tr.loss(users, items, neg_a))
+            lb = float(tr.loss(users, items, neg_b))
         assert la != pytest.approx(lb, abs=1e-6), kind
         # and the gradient reaches the negative items' embeddings
         neg_emb = torch.randn(32, 4, 8, requires_grad=True)
@@ -109,7 +109,7 @@ def test_training_is_deterministic(synthetic_data):
         out = (run.dir / "metrics.json").read_text()
         import shutil
         (run.dir / "metrics.json").unlink()
-        shutil.rmtree(study.model_dir(run))  # force a second, independent training
+        shutil.rmtree(run.model_dir)  # force a second, independent training
         return out
     import json
     a, b = json.loads(once()), json.loads(once())
@@ -167,19 +167,19 @@ def test_grouped_fast_path_equals_general_loss(synthetic_data, kind, logq, hits)
     assert tr.model.user_tower.grouped and tr.model.item_tower.grouped
     users, items = tr.train_users[:64], tr.train_items[:64]
     neg = tr.sampler.sample(users, 5, np.random.default_rng(1))
-    fast = tr.batch_loss(users, items, neg)
+    fast = tr.loss(users, items, neg)
     tr.model.item_tower.grouped = False  # forces the general path
-    general = tr.batch_loss(users, items, neg)
+    general = tr.loss(users, items, neg)
     assert float(fast) == pytest.approx(float(general), rel=1e-5)
 
 
 def test_evaluation_never_ranks_training_items(synthetic_data):
     """Already-seen items are excluded, so they can never count as hits."""
-    from lib.baselines import Popularity
+    from lib.movielens.baselines import Popularity
     model = Popularity().fit(synthetic_data.matrix("train"))
     seen = synthetic_data.matrix("train")
     users = np.arange(synthetic_data.n_users)
-    top = study.rank(model, synthetic_data, users, 20, "cpu")
+    top = evaluation.rank(model, synthetic_data, users, 20, "cpu")
     for u in users:
         assert not set(top[u]) & set(seen[u].indices)
     # and a user's training items that reappear in test are not counted: the split has none
@@ -192,7 +192,7 @@ def test_popularity_features_come_from_training_only(synthetic_data):
     unchanged when the validation and test splits change (no future data in the features)."""
     import copy
 
-    from lib.training import popularity_features
+    from lib.movielens.train import popularity_features
     feats = popularity_features(synthetic_data, 30.0)
     tr = synthetic_data.train
     recent = tr[tr["timestamp"] >= tr["timestamp"].max() - 30 * 86400]
@@ -213,7 +213,7 @@ def test_latest_targets_are_each_users_most_recent_items(synthetic_data):
     model = dict(MODEL, id_embeddings=True, history="recency")
     tr = Trainer(synthetic_data, model, dict(study.DEFAULTS["loss"], kind="full_softmax"),
                  dict(TRAIN, batching="users", target_selection="latest", target_fraction=0.3), seed=0)
-    inputs, targets = tr._user_split(np.random.default_rng(0))
+    inputs, targets = tr.split_user_history(np.random.default_rng(0))
     ts = {(u, i): t for u, i, t in synthetic_data.train[["user", "item", "timestamp"]].itertuples(index=False)}
     counts = np.diff(tr.seen.indptr)
     for u in np.flatnonzero(counts >= 2):

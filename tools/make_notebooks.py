@@ -12,7 +12,7 @@ SETUP = '''import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, so that `lib` imports
-from lib import pipeline'''
+from lib.core import pipeline'''
 
 RUN_PARAMS = '''# Parameters. papermill replaces this cell with a params file's values
 # (python -m lib.run params/<study>/<run>.yaml). The defaults are the *smoke* size:

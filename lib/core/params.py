@@ -1,4 +1,4 @@
-"""Params files: load, validate against a study's defaults, hash.
+"""Params files: load, validate against a study's defaults, deep-merge, hash.
 
 A run is a params file. Its top-level keys are the notebook parameters (papermill injects
 them); nested keys are checked here against the study's defaults, because papermill only
@@ -81,6 +81,18 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
             raise ParamsError(f"params key '{path}' must be of type {type(default).__name__}, "
                               f"got {value!r}")
         out[key] = float(value) if isinstance(default, float) and value is not None else value
+    return out
+
+
+def deep_merge(base: Mapping, over: Mapping | None) -> dict:
+    """``over`` merged onto ``base`` key by key (nested mappings merged, other values
+    replaced); neither input is modified. No validation: see ``merge_checked``."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (over or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 

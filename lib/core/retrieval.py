@@ -1,15 +1,20 @@
-"""Top-K retrieval over the full catalog, never returning an excluded (already seen) item.
-When a user has fewer than K unseen items (tiny catalogs), the list is padded with -1.
+"""FAISS retrieval, each path with an exact brute-force reference for tests.
 
-Two paths with one contract:
+Catalog retrieval (a user's top-K, never an excluded, already seen item; a list that runs
+out of unseen items is padded with -1), two paths with one contract:
 - ``faiss_topk``: embedding models. An exact inner-product FAISS index over all item
   vectors; each batch asks for k + (most exclusions of a user in the batch) neighbours and
   drops excluded items, so the result equals exact brute force with masking.
 - ``dense_topk``: models that produce a score per (user, item) (popularity, EASE, ...):
   scores are masked to -inf and ``torch.topk`` picks the list.
+
+Target retrieval (one relevant target per query, as in next-chunk prediction): an exact or
+IVF-flat inner-product index (``build_index``), ``search``, the target's ``ranks`` and
+Recall@K/MRR from them, ``brute_force_ranks`` as the reference.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import faiss
@@ -17,12 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-
-def build_ip_index(item_vectors: np.ndarray) -> faiss.Index:
-    vecs = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(vecs.shape[1])
-    index.add(vecs)
-    return index
+INDEXES = ("exact", "ivf")
 
 
 def _filter_excluded(ids: np.ndarray, rows: sp.csr_matrix, k: int) -> np.ndarray:
@@ -95,3 +95,74 @@ def agreement_with_bruteforce(user_vectors: np.ndarray, item_vectors: np.ndarray
     s_exact = np.einsum("nd,nkd->nk", u, v[exact])
     s_got = np.einsum("nd,nkd->nk", u, v[topk])
     return float((np.abs(s_exact - s_got) < tol).all(axis=1).mean())
+
+
+# -- target retrieval --------------------------------------------------------------------------
+
+def auto_nlist(n: int) -> int:
+    """~4 sqrt(N) lists, at most N // 39 (FAISS wants >= 39 training points per list)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def build_index(vectors: np.ndarray, kind: str = "exact", nlist: int | None = None,
+                nprobe: int = 32, seed: int = 0) -> faiss.Index:
+    """Inner-product index over L2-normalised vectors: exact (IndexFlatIP) or IVF-flat."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = x.shape[1]
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = nlist or auto_nlist(len(x))
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = min(nprobe, nlist)
+    else:
+        raise ValueError(f"unknown index {kind!r}; known: {INDEXES}")
+    index.add(x)
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, batch: int = 1024) -> np.ndarray:
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, index.ntotal)
+    out = np.empty((len(q), k), np.int64)
+    for s in range(0, len(q), batch):
+        _, ids = index.search(q[s:s + batch], k)
+        out[s:s + batch] = ids
+    return out
+
+
+def ranks(ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each target in its retrieved list; 0 where it was not retrieved."""
+    hit = ids == np.asarray(targets)[:, None]
+    found = hit.any(1)
+    return np.where(found, hit.argmax(1) + 1, 0)
+
+
+def metrics_from_ranks(r: np.ndarray, ks) -> dict:
+    out = {f"recall@{k}": float(np.mean((r > 0) & (r <= k))) if len(r) else float("nan") for k in ks}
+    out["mrr"] = float(np.mean(np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0))) if len(r) else float("nan")
+    return out
+
+
+def brute_force_ranks(bank: np.ndarray, queries: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Reference implementation (numpy argsort over every bank vector) for tests."""
+    scores = queries @ bank.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ranks(order, targets)
+
+
+def in_batch_top1(q: np.ndarray, d: np.ndarray, batch: int) -> float:
+    """Share of queries whose own target scores highest among the targets of its batch
+    (consecutive blocks of ``batch``): what the training loss rewards."""
+    hits, n = 0, 0
+    for s in range(0, len(q), batch):
+        qb, db = q[s:s + batch], d[s:s + batch]
+        if len(qb) < 2:
+            continue
+        sc = qb @ db.T
+        hits += int(np.sum(sc.argmax(1) == np.arange(len(qb))))
+        n += len(qb)
+    return hits / n if n else float("nan")

@@ -1,6 +1,6 @@
 """Benchmark the MovieLens speed targets and print the figures.
 
-    python -m lib.bench [--params params/movielens/two_tower_reference.yaml] [--threads N] [--device cuda]
+    python -m lib.movielens.bench [--params params/movielens/two_tower_reference.yaml] [--threads N] [--device cuda]
 
 Measures, on this machine: (1) one full training run of the given config (early stopping
 included; the per-epoch time and the epoch count are printed too, since the count is
@@ -28,27 +28,27 @@ def main(argv=None) -> int:
         os.environ["TWOTOWER_BUILD_DIR"] = tmp
         import torch
 
-        from . import metrics
-        from .pipeline import ROOT, Run
-        from .run import run_parameters
-        from .studies import movielens as study
+        from ..core import metrics
+        from ..core.device import pick_device, set_threads
+        from ..core.runs import ROOT, run_from_file
+        from . import evaluate, steps
 
         overrides = {}
         if args.threads:
             overrides["train"] = {"threads": args.threads}
         if args.device:
             overrides["device"] = args.device
-        run = Run(run_parameters(ROOT / args.params, overrides, check_notebooks=False)["_cfg"])
-        data = study.load_data(run)
+        run = run_from_file(ROOT / args.params, overrides)
+        data = steps.load_data(run)
         t0 = time.perf_counter()
-        info = study.train(run)
+        info = steps.train(run)
         train_s = time.perf_counter() - t0
-        model = study.load_model(run, data)
-        device = study.pick_device(run.cfg["device"])
-        torch.set_num_threads(run.cfg["train"]["threads"])
-        truth, users = study._truth(data, run.cfg, "test")
+        model = steps.load_model(run, data)
+        device = pick_device(run.cfg["device"])
+        set_threads(run.cfg["train"]["threads"])
+        truth, users = evaluate.ground_truth(data, run.cfg, "test")
         t0 = time.perf_counter()
-        top = study.rank(model, data, users, 100, device)
+        top = evaluate.rank(model, data, users, 100, device)
         rank_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics.per_user_metrics(metrics.hit_matrix(top, truth, users), np.diff(truth[users].indptr))

@@ -13,10 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .. import stats  # noqa: E402
-from ..config import ParamsError, merge_checked  # noqa: E402
-from ..pipeline import ROOT, Run  # noqa: E402
-from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure  # noqa: E402
+from ..core import stats  # noqa: E402
+from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
+from ..core.params import ParamsError, deep_merge, merge_checked  # noqa: E402
+from ..core.report import provenance, render, save_figure  # noqa: E402
+from ..core.runs import ROOT, run_from_file  # noqa: E402
+from . import steps  # noqa: E402
 
 REPORT_DEFAULTS = {
     "output": "reports/EVALUATION_REPORT.md",
@@ -74,10 +76,8 @@ def _all_params(cfg):
 
 def _ensure(path: str, overrides: dict) -> dict:
     """Evaluate a run (cached) and return its metrics.json content."""
-    from ..run import run_parameters
-    from . import movielens
-    run = Run(run_parameters(ROOT / path, overrides or None)["_cfg"])
-    movielens.evaluate(run)
+    run = run_from_file(ROOT / path, overrides or None)
+    steps.evaluate(run)
     out = json.loads((run.dir / "metrics.json").read_text())
     out["_dir"] = str(run.dir)
     out["_params"] = path
@@ -219,9 +219,8 @@ def render_report(rcfg: dict) -> dict:
     def get(path, extra: dict | None = None):
         key = json.dumps([path, extra], sort_keys=True)
         if key not in cache:
-            from ..run import _deep_merge
             # the report's run_overrides (smoke renders) win over per-role extras
-            merged = {k: _deep_merge((extra or {}).get(k) or {}, (ov or {}).get(k) or {})
+            merged = {k: deep_merge((extra or {}).get(k) or {}, (ov or {}).get(k) or {})
                       for k in set(ov or {}) | set(extra or {})}
             cache[key] = _ensure(path, merged)
         return cache[key]

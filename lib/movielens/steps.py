@@ -1,4 +1,4 @@
-"""MovieLens study: data prep -> train -> evaluate for one run, and the report over runs.
+"""MovieLens study, the steps of a run: data prep -> train -> evaluate, each cached.
 
 A run's ``model.kind`` is ``two_tower`` or a key of ``lib.baselines.BASELINES``; baseline
 hyperparameters go in ``model.params`` (checked by the baseline's own constructor), and
@@ -7,21 +7,19 @@ validation NDCG@10 (the test split is never looked at to choose).
 """
 from __future__ import annotations
 
-import json
 import pickle
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .. import baselines, metrics, movielens, retrieval, stats
-from ..config import ParamsError, params_hash, require
-from ..pipeline import code_version, file_lock
-from ..prepared import PreparedData, prepare as prepare_protocol
-from ..report import atomic_write_json
-from ..training import Trainer, build_model, embed_users, pick_device
+from ..core.device import pick_device, set_threads
+from ..core.files import atomic_path, atomic_write_json, file_lock, read_json
+from ..core.params import ParamsError, require
+from . import baselines, evaluate as evaluation
+from .data import PreparedData, prepared_data
+from .train import DivergedError, Trainer, build_model
 
 DEFAULTS = {
     "data": {
@@ -62,19 +60,20 @@ DEFAULTS = {
         "threads": 1,            # torch intra-op threads; 2 threads thrash when anything else shares 2 cores
     },
     "evaluate": {
-        "splits": ["val", "test"], "k": 100, "diversity_k": 10,
+        "splits": ["val", "test"], "top_k": 100, "diversity_k": 10,
         "bootstrap": 1000, "latency": False, "latency_repeats": 1000,
     },
 }
-# The code whose change invalidates cached data, models and metrics (lib.pipeline.code_version):
+# The code whose change invalidates cached data, models and metrics (lib.core.runs.code_version):
 # what computes results. Report layout, the CLI and params checking are left out, so that
 # editing them does not retrain every model.
-KEY_CODE = tuple(f"lib/{name}.py" for name in (
-    "movielens", "prepared", "towers", "losses", "training", "baselines", "metrics", "retrieval",
-    "stats", "studies/movielens"))
+KEY_CODE = (*(f"lib/movielens/{name}.py" for name in ("data", "towers", "losses", "train", "baselines",
+                                                      "evaluate", "steps")),
+            *(f"lib/core/{name}.py" for name in ("metrics", "retrieval", "stats")))
+TRAIN_EVALUATE_KEYS = ()  # training reads no evaluate setting (per-epoch figures are fixed)
 OPEN_KEYS = frozenset({"model.params", "model.select_on_validation"})
 MODEL_KINDS = ("two_tower", *baselines.BASELINES)
-KS = metrics.KS
+KS = evaluation.KS
 
 
 def validate(cfg: dict) -> None:
@@ -109,7 +108,7 @@ def validate(cfg: dict) -> None:
     require(t["target_selection"] in ("random", "latest"), f"train.target_selection: unknown '{t['target_selection']}'")
     require(0 < t["target_fraction"] < 1 and t["user_batch_size"] >= 1, "train.target_fraction in (0, 1), user_batch_size >= 1")
     require(set(e["splits"]) <= {"val", "test"} and e["splits"], "evaluate.splits: a subset of [val, test]")
-    require(e["k"] >= max(KS), f"evaluate.k must be >= {max(KS)}")
+    require(e["top_k"] >= max(KS), f"evaluate.top_k must be >= {max(KS)}")
     if m["kind"] != "two_tower":
         cls = baselines.BASELINES[m["kind"]]
         try:
@@ -124,28 +123,14 @@ def validate(cfg: dict) -> None:
                 raise ParamsError(f"model.select_on_validation for '{m['kind']}': {exc}") from exc
 
 
+def data_key_extra(cfg: dict) -> dict:
+    """Generated data depends on the run's seed too (lib.core.runs.Run.data_key)."""
+    return {"seed": cfg["seed"]} if cfg["data"]["dataset"] == "synthetic" else {}
+
+
 # -- data ----------------------------------------------------------------------------------
 def load_data(run) -> PreparedData:
-    folder = run.data_dir
-    if (folder / "prepared.npz").is_file() and (folder / "meta.json").is_file():
-        return PreparedData.load(folder)
-    with file_lock(folder):  # parallel runs on the same data prepare it once
-        if (folder / "prepared.npz").is_file() and (folder / "meta.json").is_file():
-            return PreparedData.load(folder)
-        return _prepare_data(run, folder)
-
-
-def _prepare_data(run, folder: Path) -> PreparedData:
-    d = run.cfg["data"]
-    if d["dataset"] == "synthetic":
-        src = movielens.write_synthetic_ml1m(folder / "synthetic", seed=run.cfg["seed"], **d["synthetic"])
-        raw = movielens.parse_ml1m(src, verify=False)
-        raw.name = "synthetic"
-    else:
-        raw = movielens.load(d["dataset"], d["path"], verify=d["verify_checksums"])
-    data = prepare_protocol(raw, d["min_count"], tuple(d["split"]))
-    data.save(folder)
-    return data
+    return prepared_data(run.cfg["data"], run.cfg["seed"], run.data_dir)
 
 
 def dataset_tables(data: PreparedData) -> dict:
@@ -162,80 +147,46 @@ def dataset_tables(data: PreparedData) -> dict:
 
 
 def prepare(run) -> dict:
-    data = load_data(run)
-    return dataset_tables(data)
-
-
-# -- evaluation helpers ----------------------------------------------------------------------
-def _truth(data, cfg, split):
-    truth = data.matrix(split, min_rating=cfg["data"]["test_min_rating"])
-    return truth, np.flatnonzero(np.diff(truth.indptr) > 0)
-
-
-def rank(model_obj, data: PreparedData, users: np.ndarray, k: int, device) -> np.ndarray:
-    """Top-k over the full catalog, training items excluded (reference protocol)."""
-    seen = data.matrix("train")
-    if isinstance(model_obj, torch.nn.Module):
-        model_obj.eval()  # no dropout when scoring (callers in training switch back to train())
-        with torch.no_grad():
-            item_vec = model_obj.item_tower().cpu().numpy()
-        user_vec = embed_users(model_obj, users, device)
-        return retrieval.faiss_topk(retrieval.build_ip_index(item_vec), user_vec, users, seen, k)
-    if hasattr(model_obj, "user_embeddings"):
-        uv, iv = model_obj.user_embeddings(), model_obj.item_embeddings()
-        return retrieval.faiss_topk(retrieval.build_ip_index(iv), uv[users], users, seen, k)
-    return retrieval.dense_topk(model_obj.score, users, seen, k)
-
-
-def split_metrics(model_obj, data, cfg, split: str, device, k: int | None = None) -> tuple[dict, dict, np.ndarray, np.ndarray]:
-    truth, users = _truth(data, cfg, split)
-    k = k or cfg["evaluate"]["k"]
-    top = rank(model_obj, data, users, k, device)
-    hits = metrics.hit_matrix(top, truth, users)
-    per_user = metrics.per_user_metrics(hits, np.diff(truth[users].indptr), KS)
-    return metrics.summarize(per_user), per_user, top, users
+    return dataset_tables(load_data(run))
 
 
 # -- training --------------------------------------------------------------------------------
-def model_dir(run) -> Path:
-    """Trained models are stored by what they depend on (data, model, loss, train, seed,
-    code), so two runs that differ only in evaluation share one training."""
-    d = run.dir.parent.parent / "models" / run.train_key
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def _fit_baseline(cfg, data: PreparedData, hyper: dict):
     model = baselines.BASELINES[cfg["model"]["kind"]](**hyper)
     return model.fit(data.matrix("train"), data.train)
 
 
+def _cached_train_record(run) -> dict | None:
+    rec = read_json(run.model_dir / "train.json")
+    return rec if rec and rec.get("key") == run.train_key else None
+
+
 def train(run) -> dict:
-    out = model_dir(run) / "train.json"
-    if out.is_file() and json.loads(out.read_text()).get("key") == run.train_key:
-        return _train_tables(json.loads(out.read_text()))
-    with file_lock(model_dir(run)):  # two runs sharing one model (parallel): trained once
-        if out.is_file() and json.loads(out.read_text()).get("key") == run.train_key:
-            return _train_tables(json.loads(out.read_text()))
-        return _train(run, out)
+    """Train the run's model unless the model store holds it (keyed by data, model, loss,
+    train, seed and code: runs that differ only in evaluation share one training)."""
+    rec = _cached_train_record(run)
+    if rec is None:
+        with file_lock(run.model_dir):  # two runs sharing one model (parallel): trained once
+            rec = _cached_train_record(run) or _train(run)
+    return _train_tables(rec)
 
 
-def _train(run, out: Path) -> dict:
+def _train(run) -> dict:
     cfg = run.cfg
     data = load_data(run)
-    torch.set_num_threads(cfg["train"]["threads"])
+    set_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])
     t0 = time.perf_counter()
+    folder = run.model_dir
     record = {"key": run.train_key, "kind": cfg["model"]["kind"], "device": str(device)}
     if cfg["model"]["kind"] == "two_tower":
         trainer = Trainer(data, cfg["model"], cfg["loss"], cfg["train"], cfg["seed"], cfg["device"])
-
-        def on_epoch(model):
-            m, *_ = split_metrics(model, data, cfg, "val", device, k=max(KS))
-            return {"val_recall@10": m["recall@10"], "val_ndcg@10": m["ndcg@10"], "val_hit_rate@10": m["hit_rate@10"]}
-
-        result = trainer.fit(on_epoch=on_epoch)
-        torch.save(trainer.model.state_dict(), model_dir(run) / "model.pt")
+        try:
+            result = trainer.fit(on_epoch=lambda model: evaluation.validation_figures(model, data, cfg, device))
+        except DivergedError as exc:
+            raise DivergedError(f"run {cfg['run']}: {exc}; nothing was cached") from exc
+        with atomic_path(folder / "model.pt") as tmp:
+            torch.save(trainer.model.state_dict(), tmp)
         record.update(history=result.history, best_epoch=result.best_epoch, stopped_epoch=result.stopped_epoch,
                       early_stopped=result.stopped_epoch < cfg["train"]["max_epochs"],
                       steps=result.steps, parameters=trainer.model.n_parameters(),
@@ -247,18 +198,18 @@ def _train(run, out: Path) -> dict:
             best = None
             for value in cands:
                 model = _fit_baseline(cfg, data, {**hyper, key: value})
-                m, *_ = split_metrics(model, data, cfg, "val", device, k=max(KS))
+                m, *_ = evaluation.split_metrics(model, data, cfg, "val", device, k=max(KS))
                 grid.append({"param": key, "value": value, "val_ndcg@10": m["ndcg@10"], "val_recall@10": m["recall@10"]})
                 if best is None or m["ndcg@10"] > best[1]:
                     best = (value, m["ndcg@10"])
             hyper[key] = best[0]
         model = _fit_baseline(cfg, data, hyper)
-        with open(model_dir(run) / "model.pkl", "wb") as fh:
+        with atomic_path(folder / "model.pkl") as tmp, open(tmp, "wb") as fh:
             pickle.dump(model, fh)
         record.update(hyperparameters=hyper, selection=grid)
     record["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out, record)
-    return _train_tables(record)
+    atomic_write_json(folder / "train.json", record)  # written last: the entry is complete
+    return record
 
 
 def _train_tables(record: dict) -> dict:
@@ -277,104 +228,38 @@ def load_model(run, data: PreparedData):
     cfg = run.cfg
     if cfg["model"]["kind"] == "two_tower":
         model = build_model(data, cfg["model"])
-        model.load_state_dict(torch.load(model_dir(run) / "model.pt", map_location="cpu"))
+        model.load_state_dict(torch.load(run.model_dir / "model.pt", map_location="cpu"))
         model.eval()
         return model.to(pick_device(cfg["device"]))
-    with open(model_dir(run) / "model.pkl", "rb") as fh:
+    with open(run.model_dir / "model.pkl", "rb") as fh:
         return pickle.load(fh)
 
 
-# -- latency ---------------------------------------------------------------------------------
-def _timings(fn, repeats: int) -> dict:
-    for _ in range(min(20, repeats)):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1000)
-    ts = np.array(ts)
-    return {"mean_ms": float(ts.mean()), "p95_ms": float(np.percentile(ts, 95)), "p99_ms": float(np.percentile(ts, 99))}
-
-
-def latency(model: torch.nn.Module, data: PreparedData, repeats: int, device) -> dict:
-    """User embedding (batch 1, 1000), FAISS search k=50 over the full catalog, end to end."""
-    with torch.inference_mode():
-        item_vec = model.item_tower().cpu().numpy()
-        index = retrieval.build_ip_index(item_vec)
-        rng = np.random.default_rng(0)
-        one = torch.as_tensor(rng.integers(0, data.n_users, 1), device=device)
-        many = torch.as_tensor(rng.integers(0, data.n_users, 1000), device=device)
-        q = model.user_tower(one).cpu().numpy()
-
-        def e2e():
-            index.search(model.user_tower(one).cpu().numpy(), 50)
-
-        return {
-            "user_embedding_batch1": _timings(lambda: model.user_tower(one), repeats),
-            "user_embedding_batch1000": _timings(lambda: model.user_tower(many), max(50, repeats // 10)),
-            "faiss_search_k50": _timings(lambda: index.search(q, 50), repeats),
-            "end_to_end": _timings(e2e, repeats),
-            "catalog_size": int(index.ntotal), "device": str(device), "torch_threads": torch.get_num_threads(),
-        }
-
-
 # -- evaluation ------------------------------------------------------------------------------
-def metrics_key(run) -> str:
-    return params_hash({"cfg": run.cfg, "code": code_version("movielens")})
-
-
-def is_up_to_date(run) -> bool:
-    path = run.dir / "metrics.json"
-    return path.is_file() and json.loads(path.read_text()).get("key") == metrics_key(run)
-
-
 def evaluate(run) -> dict:
+    """Evaluate the run's model on its splits unless ``metrics.json`` holds this run's key;
+    writes ``metrics.json`` (last) and ``per_user.npz`` in the run folder."""
     cfg = run.cfg
     metrics_path = run.dir / "metrics.json"
-    key = metrics_key(run)
-    if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("key") == key:
-        return _eval_tables(json.loads(metrics_path.read_text()))
+    key = run.metrics_key
+    cached = read_json(metrics_path)
+    if cached and cached.get("key") == key:
+        return _eval_tables(cached)
     train(run)  # cached: trains only if this run's model is missing
     data = load_data(run)
-    torch.set_num_threads(cfg["train"]["threads"])
+    set_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])
     model = load_model(run, data)
-    train_info = json.loads((model_dir(run) / "train.json").read_text())
-    seen = data.matrix("train")
-    has_history = np.diff(seen.indptr) > 0
-    out = {"key": key, "run": cfg["run"], "config": cfg, "train": train_info, "splits": {},
-           "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items, **data.meta}}
+    out = {"key": key, "run": cfg["run"], "config": cfg, "train": read_json(run.model_dir / "train.json"),
+           "splits": {}, "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items, **data.meta}}
     per_user_store = {}
     for split in cfg["evaluate"]["splits"]:
-        t0 = time.perf_counter()
-        summary, per_user, top, users = split_metrics(model, data, cfg, split, device)
-        seconds = time.perf_counter() - t0
-        dk = cfg["evaluate"]["diversity_k"]
-        entry = {
-            "metrics": summary, "rank_seconds": seconds, "n_users": int(len(users)),
-            "n_users_without_train_history": int((~has_history[users]).sum()),
-            "coverage@100": metrics.coverage(top[:, :100], data.n_items),
-            f"genre_diversity@{dk}": metrics.intra_list_distance(top[:, :dk], data.item_genres, "jaccard"),
-            "ci": {m: stats.bootstrap_ci(per_user[m], n_boot=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])
-                   for m in ("recall@10", "ndcg@10", "hit_rate@10")},
-        }
-        cold = ~has_history[users]
-        if cold.any():
-            entry["metrics_without_history"] = {m: float(per_user[m][cold].mean()) for m in ("recall@10", "ndcg@10", "hit_rate@10")}
-        if isinstance(model, torch.nn.Module) or hasattr(model, "item_embeddings"):
-            item_vec = (model.item_tower().detach().cpu().numpy() if isinstance(model, torch.nn.Module)
-                        else model.item_embeddings())
-            entry[f"embedding_diversity@{dk}"] = metrics.intra_list_distance(top[:, :dk], item_vec, "cosine")
-            # FAISS top-k must equal exact brute force on the same embeddings.
-            uv = (embed_users(model, users, device) if isinstance(model, torch.nn.Module)
-                  else model.user_embeddings()[users])
-            entry["faiss_equals_bruteforce@10"] = retrieval.agreement_with_bruteforce(uv, item_vec, users, seen, top[:, :10])
-        out["splits"][split] = entry
-        per_user_store.update({f"{split}/users": users, **{f"{split}/{m}": v for m, v in per_user.items()}})
+        out["splits"][split], per_user = evaluation.evaluate_split(model, data, cfg, split, device)
+        per_user_store.update({f"{split}/{m}": v for m, v in per_user.items()})
     if cfg["evaluate"]["latency"] and isinstance(model, torch.nn.Module):
-        out["latency"] = latency(model, data, cfg["evaluate"]["latency_repeats"], device)
-    np.savez_compressed(run.dir / "per_user.npz", **per_user_store)
+        out["latency"] = evaluation.latency(model, data, cfg["evaluate"]["latency_repeats"], device)
+    with atomic_path(run.dir / "per_user.npz") as tmp:
+        np.savez_compressed(tmp, **per_user_store)
     atomic_write_json(metrics_path, out)
     return _eval_tables(out)
 
@@ -389,15 +274,3 @@ def _eval_tables(out: dict) -> dict:
         tables[f"{split}_global"] = pd.DataFrame([{kk: vv for kk, vv in entry.items() if isinstance(vv, (int, float))}
                                                   | {"mrr@100": m["mrr@100"], "map@100": m["map@100"]}])
     return tables
-
-
-# -- report (lib/studies/movielens_report.py; imported only when a report is rendered, so
-# that the run notebooks do not pay for matplotlib) ---------------------------------------------
-def report_config(raw: dict) -> dict:
-    from .movielens_report import report_config as configure_report
-    return configure_report(raw)
-
-
-def render_report(rcfg: dict) -> dict:
-    from .movielens_report import render_report as render
-    return render(rcfg)

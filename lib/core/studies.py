@@ -1,0 +1,41 @@
+"""The study registry. The core knows studies by name only: each is a package
+``lib.<study>`` with the same inner shape, and the core imports its ``steps`` or ``report``
+module when a run asks for it (never at import time, so nothing in ``lib.core`` depends on
+a study).
+
+A study's ``steps`` module provides:
+- ``DEFAULTS``: the params sections ``data``, ``model``, ``loss``, ``train``, ``evaluate``
+  with every key's default (an unknown key in a params file is an error);
+- ``OPEN_KEYS``: dotted keys whose value is a free mapping (checked by the model itself);
+- ``KEY_CODE``: the source files whose change invalidates cached results;
+- ``TRAIN_EVALUATE_KEYS``: the ``evaluate`` keys training depends on (per-epoch evaluation);
+- optionally ``data_key_extra(cfg)``: what else prepared data depends on (a mapping);
+- ``validate(cfg)``: raise ``ParamsError`` on an impossible value;
+- ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
+Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to
+execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .params import ParamsError
+
+STUDIES = ("movielens", "wikiseq")
+
+
+def _module(study: str, part: str) -> ModuleType:
+    if study not in STUDIES:
+        raise ParamsError(f"unknown study '{study}'; known: {list(STUDIES)}")
+    return importlib.import_module(f"lib.{study}.{part}")
+
+
+def steps(study: str) -> ModuleType:
+    """The study's ``lib.<study>.steps`` module (defaults, validation, cached steps)."""
+    return _module(study, "steps")
+
+
+def report(study: str) -> ModuleType:
+    """The study's ``lib.<study>.report`` module (report config and rendering)."""
+    return _module(study, "report")
