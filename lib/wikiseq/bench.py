@@ -1,8 +1,8 @@
 """Benchmark: full-bank Recall@K for 1,000 queries over the default bank (exact FAISS inner
 product, top-1000), printed in seconds.
 
-    python -m lib.seq.bench                 # the default bank (embeds it once if not cached)
-    python -m lib.seq.bench --synthetic     # 61,749 random 384-d vectors, no model needed
+    python -m lib.wikiseq.bench                 # the default bank (embeds it once if not cached)
+    python -m lib.wikiseq.bench --synthetic     # 61,749 random 384-d vectors, no model needed
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     import torch
-    from . import retrieval
+    from ..core import retrieval
+    from ..core.device import set_threads
     from .train import encode_heuristic
-    torch.set_num_threads(args.threads)
-    retrieval.set_threads(args.threads)
-    ks = [10, 100, 500, 1000]
+    set_threads(args.threads, args.threads)
+    cutoffs = [10, 100, 500, 1000]
     if args.synthetic:
         rng = np.random.default_rng(0)
         vecs = rng.standard_normal((61749, 384)).astype(np.float32)
@@ -35,10 +35,10 @@ def main(argv=None) -> dict:
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         what = "synthetic bank"
     else:
-        from ..pipeline import configure
-        from ..studies import wikiseq
+        from ..core.runs import configure
+        from . import steps
         run = configure(study="wikiseq", run="bench", data={"n_eval": args.queries})
-        bank, pairs = wikiseq._prepared(run)
+        bank, pairs = steps.load_pairs(run)
         vecs, ctx = bank.vectors, run.cfg["data"]["ctx_len"]
         starts = pairs["eval"]
         targets = starts + ctx
@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        m = retrieval.metrics_from_ranks(retrieval.ranks(retrieval.search(index, q, max(ks)), targets), ks)
+        m = retrieval.metrics_from_ranks(retrieval.ranks(retrieval.search(index, q, max(cutoffs)), targets), cutoffs)
         times.append(time.perf_counter() - t0)
     out = {"bank": len(vecs), "queries": len(q), "build_s": t_build, "search_s": min(times), **m}
     print(f"{what}: {len(vecs):,} vectors x {vecs.shape[1]}, {len(q):,} queries, {args.threads} threads")

@@ -1,17 +1,21 @@
-"""Gather the wikiseq runs into reports/TWO_TOWER_V1_V2_COMPARISON.md (+ .json, + figures)."""
+"""Gather the wikiseq runs into reports/TWO_TOWER_V1_V2_COMPARISON.md (+ .json, + figures).
+
+Rendered by ``python -m lib.run --report params/wikiseq/report.yaml`` (notebook 04), which
+executes the runs first; a run not yet evaluated is evaluated here (cached).
+"""
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..config import ParamsError, load_yaml, merge_checked, params_hash
-from ..pipeline import ROOT, configure
-from ..report import atomic_write_json, atomic_write_text, provenance, render, save_figure
-from . import analysis
+from ..core.files import atomic_write_json, atomic_write_text
+from ..core.params import ParamsError, deep_merge, merge_checked
+from ..core.report import provenance, render, save_figure
+from ..core.runs import ROOT, resolve_path, run_from_file
+from . import analysis, steps
 
 ROLES = ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates", "v1_residual", "v2_residual",
          "all_faithful", "all_updates", "all_residual", "v2_hardneg")
@@ -22,7 +26,7 @@ REPORT_DEFAULTS = {
     "run_overrides": {},
     "report_file": None,
     "bootstrap": 1000,
-    "k": 500,                 # the headline cut-off (the reference's Recall@500)
+    "cutoff": 500,            # the headline cut-off (the reference's Recall@500)
 }
 REPORT_OPEN = frozenset({"report.run_overrides"})
 RUN_KEYS = {"data", "model", "loss", "train", "evaluate", "seed", "device"}
@@ -30,9 +34,12 @@ RUN_KEYS = {"data", "model", "loss", "train", "evaluate", "seed", "device"}
 
 def report_config(raw: dict) -> dict:
     """Validate a report section (or a whole report file {study, report}) against
-    REPORT_DEFAULTS; adds ``runs``, the sorted list of run params files (what lib.run executes)."""
+    REPORT_DEFAULTS; adds what ``lib.run --report`` executes: ``runs``, the sorted list of run
+    params files, or, when the report file has ``run_overrides`` (a quick profile),
+    ``derived_runs``, each file with those overrides."""
     raw = dict(raw or {})
-    raw.pop("runs", None)          # derived below; present when a validated config comes back
+    for derived in ("runs", "derived_runs"):  # present when a validated config comes back
+        raw.pop(derived, None)
     if "report" in raw:            # a report file: {study: wikiseq, report: {...}}
         study = raw.pop("study", "wikiseq")
         if study != "wikiseq":
@@ -44,7 +51,11 @@ def report_config(raw: dict) -> dict:
     cfg = merge_checked(REPORT_DEFAULTS, raw, "report", open_keys=REPORT_OPEN)
     if set(cfg["roles"]) != set(ROLES):
         raise ParamsError(f"report.roles must name exactly the roles {list(ROLES)}")
-    cfg["runs"] = sorted(set(cfg["roles"].values()))
+    files = sorted(set(cfg["roles"].values()))
+    if cfg["run_overrides"]:
+        cfg["runs"], cfg["derived_runs"] = [], [(f, cfg["run_overrides"]) for f in files]
+    else:
+        cfg["runs"] = files
     unknown = set(cfg["run_overrides"]) - RUN_KEYS
     if unknown:
         raise ParamsError(f"report.run_overrides: unknown keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
@@ -53,36 +64,12 @@ def report_config(raw: dict) -> dict:
     return cfg
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def run_from_file(path: str | Path, overrides: dict | None = None):
-    """Resolve a run params file (plus overrides) into a ``lib.pipeline.Run``."""
-    p = Path(path)
-    p = p if p.is_absolute() else ROOT / p
-    raw = load_yaml(p)
-    unknown = set(raw) - RUN_KEYS
-    if unknown:
-        raise ParamsError(f"{p}: unknown top-level keys {sorted(unknown)}; allowed {sorted(RUN_KEYS)}")
-    raw = _deep_merge(raw, overrides or {})
-    # the same run name as lib.run gives it: overridden runs live beside the real ones
-    name = f"{p.stem}-{params_hash(overrides, 6)}" if overrides else p.stem
-    return configure(study="wikiseq", run=name, **raw), p
-
-
 def _ensure(path: str, overrides: dict) -> dict:
-    from ..studies import wikiseq
-    run, p = run_from_file(path, overrides)
-    wikiseq.evaluate(run)
-    m = json.loads((run.dir / "metrics.json").read_text())
-    z = np.load(run.dir / f"eval-{m['key']}" / "ranks.npz")
-    m["_ranks"] = {k: z[k] for k in z.files}
-    m["_params"] = str(p)
-    return m
+    """A run's metrics (evaluated if needed), its ranks under ``_ranks`` and its params file
+    under ``_params``."""
+    p = resolve_path(path).resolve()
+    m, ranks = steps.results(run_from_file(p, overrides))
+    return {**m, "_ranks": ranks, "_params": str(p)}
 
 
 def _curve_fig(res: dict, k: int):
@@ -140,16 +127,21 @@ def _clean(obj):
 
 
 def render_report(report_cfg: dict) -> dict:
+    """Render the report of a ``report_config`` result (or a report section). Its runs take
+    the report file's ``run_overrides`` (kept in ``derived_runs``) with ``run_overrides``
+    (a smoke render's, set by the caller) merged over them."""
     t0 = time.perf_counter()
+    file_ov = next((ov for _, ov in report_cfg.get("derived_runs") or []), {})
     rcfg = report_config(report_cfg)
-    ov, k, nb = rcfg["run_overrides"], rcfg["k"], rcfg["bootstrap"]
+    ov = deep_merge(file_ov, rcfg["run_overrides"])
+    k, nb = rcfg["cutoff"], rcfg["bootstrap"]
     out_md = Path(rcfg["output"])
     out_md = out_md if out_md.is_absolute() else ROOT / out_md
     fig_dir = out_md.parent / "figures"
     res = {role: _ensure(path, ov) for role, path in rcfg["roles"].items()}
     for m in res.values():
         if f"recall@{k}" not in m["final"]["exact"]:
-            raise ParamsError(f"report.k={k} is not among the evaluated cut-offs of run {m['run']}")
+            raise ParamsError(f"report.cutoff={k} is not among the evaluate.cutoffs of run {m['run']}")
     base = res["v2_faithful"]
     # every run must share the evaluation queries, or paired comparisons are meaningless
     for role, m in res.items():
@@ -208,9 +200,9 @@ def render_report(report_cfg: dict) -> dict:
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     total_train = sum(m["wall_seconds"]["train"] for m in res.values())
     context = {
-        "title": rcfg["title"], "k": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
+        "title": rcfg["title"], "cutoff": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
         "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
-        "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "ks": base["cfg"]["evaluate"]["ks"],
+        "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "cutoffs": base["cfg"]["evaluate"]["cutoffs"],
         "figs": {name: f"figures/{p.name}" for name, p in figs.items()}, "provenance": prov,
         "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
         "timing": base["timing"], "n_boot": nb, "small_same_order": bool(small_same_order),
@@ -222,35 +214,3 @@ def render_report(report_cfg: dict) -> dict:
     atomic_write_text(out_md, md)
     return {"report": str(out_md), "cause": v["cause"], "statement": v["statement"],
             "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def main(argv=None) -> None:
-    """python -m lib.seq.report params/wikiseq/report.yaml [--runs role,role] [--no-render]
-    Evaluates the listed runs (all by default; cached), then renders the report. Several
-    processes with disjoint --runs --no-render can pre-compute runs in parallel."""
-    import argparse
-    ap = argparse.ArgumentParser(description="render the wikiseq report")
-    ap.add_argument("report_file")
-    ap.add_argument("--runs", default="", help="comma-separated roles to evaluate (default: all)")
-    ap.add_argument("--no-render", action="store_true")
-    ap.add_argument("--output", default=None)
-    args = ap.parse_args(argv)
-    raw = load_yaml(args.report_file)
-    raw.setdefault("report", {})
-    raw["report"]["report_file"] = args.report_file
-    if args.output:
-        raw["report"]["output"] = args.output
-    cfg = report_config(raw)
-    roles = [r for r in args.runs.split(",") if r] or list(ROLES)
-    for role in roles:
-        if role not in ROLES:
-            raise ParamsError(f"unknown role {role!r}; known: {list(ROLES)}")
-        t0 = time.perf_counter()
-        _ensure(cfg["roles"][role], cfg["run_overrides"])
-        print(f"[{role}] evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
-    if not args.no_render:
-        print(render_report(raw))
-
-
-if __name__ == "__main__":
-    main()

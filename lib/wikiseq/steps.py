@@ -1,25 +1,30 @@
-"""Study `wikiseq`: the two-tower v1/v2 failure comparison on a real text-embedding bank.
+"""Study `wikiseq`: params (defaults, validation) and the cached steps prepare -> train ->
+evaluate that the notebooks run.
 
 A query tower reads ``ctx_len`` consecutive chunk vectors of an article and must retrieve the
-next chunk from the whole bank. prepare -> train -> evaluate, each cached on disk; see
-lib/seq/ for the pieces and lib/seq/report.py for the report.
+next chunk from the whole bank. Cache (under ``build/``, see ``lib.core.runs``): the bank in
+``wikiseq/banks/<bank key>`` (shared by every run on it), the pairs in ``run.data_dir``, the
+trained tower in ``run.model_dir`` (``train.json`` + ``model.pt``), the evaluation in
+``run.dir`` (``metrics.json``, keyed by ``run.metrics_key``, + ``ranks.npz``). Each entry is
+built under a lock (parallel runs build it once) and written complete or absent; one that
+cannot be read is rebuilt.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from pathlib import Path
+import zipfile
 
 import numpy as np
 import pandas as pd
 
-from ..config import ParamsError, params_hash, require
-from ..pipeline import build_root
-from ..report import atomic_write_json
-from ..seq import bank as bankmod
-from ..seq import retrieval, windows
-from ..seq.towers import HEURISTICS
+from ..core import retrieval
+from ..core.device import pick_device, set_threads
+from ..core.files import atomic_folder, atomic_path, atomic_write_json, file_lock, read_json
+from ..core.params import require
+from ..core.runs import build_root
+from . import bank as bankmod
+from . import data
+from . import evaluate as evaluation
 
 SOURCES = ("builtin", "npz", "textdir", "synthetic")
 TOWERS = ("gru", "residual")
@@ -47,7 +52,7 @@ DEFAULTS = {
     },
     "model": {
         "tower": "gru",             # gru (the reference's GRUPoolQuery) | residual
-        "hidden": 512,
+        "gru_hidden": 512,          # GRU hidden size (per direction)
         "decay": 0.9,               # residual tower: decay of its exp-weighted base
     },
     "loss": {
@@ -56,17 +61,17 @@ DEFAULTS = {
         "hard_pool": 50,            # mined among the top hard_pool of the heuristic query
     },
     "train": {
-        "epochs": 8,
-        "max_epochs": None,         # cap on epochs (quick profiles, smoke)
+        "max_epochs": 8,            # epochs run (no early stopping in this study)
+        "epoch_cap": None,          # caps max_epochs (quick profiles, smoke)
         "batch_size": 32,
         "accum_steps": 8,
-        "lr": 2e-5,
+        "learning_rate": 2e-5,
         "weight_decay": 0.01,
         "threads": 1,               # torch + faiss threads (1: no OpenMP spin when the CPU is shared)
         "epoch_eval_queries": 200,  # validation queries scored over the bank after each epoch
     },
     "evaluate": {
-        "ks": [10, 100, 500, 1000],
+        "cutoffs": [10, 100, 500, 1000],  # Recall@cutoff
         "index": "exact",           # exact | ivf (the reference's IVF-flat)
         "nlist": None,              # IVF lists (None = ~4 sqrt(N))
         "nprobe": 32,
@@ -76,8 +81,15 @@ DEFAULTS = {
     },
 }
 OPEN_KEYS: frozenset = frozenset()
-BANK_KEYS = ("source", "path", "wiki_articles", "summaries", "min_words", "split_seed",
-             "synth_articles", "synth_len", "synth_dim", "synth_distractors")
+# The code whose change invalidates cached pairs, models and metrics (lib.core.runs.code_version):
+# what computes results, this module included (it assembles the metrics record). The report, the
+# views and the bench are left out, so that editing them does not retrain every model.
+KEY_CODE = ("lib/wikiseq/bank.py", "lib/wikiseq/data.py", "lib/wikiseq/towers.py", "lib/wikiseq/train.py",
+            "lib/wikiseq/evaluate.py", "lib/wikiseq/steps.py", "lib/core/retrieval.py")
+# Training evaluates on the validation pairs after every epoch (Recall@cutoffs) and mines hard
+# negatives with the exp-weighted heuristic: a model depends on these evaluate keys.
+TRAIN_EVALUATE_KEYS = ("cutoffs", "heuristic_decay")
+
 
 
 def validate(cfg: dict) -> None:
@@ -95,142 +107,57 @@ def validate(cfg: dict) -> None:
                 f"data.{key} must be None or a positive integer, got {v!r}")
     require(0 < d["val_fraction"] < 1, f"data.val_fraction must be in (0, 1), got {d['val_fraction']}")
     require(m["tower"] in TOWERS, f"model.tower must be one of {TOWERS}, got {m['tower']!r}")
-    require(m["hidden"] >= 1, "model.hidden must be >= 1")
+    require(m["gru_hidden"] >= 1, f"model.gru_hidden must be >= 1, got {m['gru_hidden']}")
     require(0 < m["decay"] <= 1, f"model.decay must be in (0, 1], got {m['decay']}")
     require(lo["temperature"] > 0, f"loss.temperature must be > 0, got {lo['temperature']}")
     require(lo["hard_negatives"] >= 0, "loss.hard_negatives must be >= 0")
     require(lo["hard_pool"] >= max(1, lo["hard_negatives"]), "loss.hard_pool must be >= loss.hard_negatives")
-    require(t["epochs"] >= 0, "train.epochs must be >= 0")
-    require(t["max_epochs"] is None or (isinstance(t["max_epochs"], int) and t["max_epochs"] >= 0),
-            "train.max_epochs must be None or an integer >= 0")
+    require(t["max_epochs"] >= 0, f"train.max_epochs must be >= 0, got {t['max_epochs']}")
+    cap = t["epoch_cap"]
+    require(cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0),
+            f"train.epoch_cap must be None or an integer >= 0, got {cap!r}")
     require(t["batch_size"] >= 2, "train.batch_size must be >= 2 (in-batch negatives)")
     require(t["accum_steps"] >= 1, "train.accum_steps must be >= 1")
-    require(t["lr"] > 0, f"train.lr must be > 0, got {t['lr']}")
+    require(t["learning_rate"] > 0, f"train.learning_rate must be > 0, got {t['learning_rate']}")
     require(t["weight_decay"] >= 0, "train.weight_decay must be >= 0")
     require(t["threads"] >= 1, "train.threads must be >= 1")
     require(t["epoch_eval_queries"] >= 1, "train.epoch_eval_queries must be >= 1")
-    ks = e["ks"]
-    require(len(ks) > 0 and all(isinstance(k, int) and k >= 1 for k in ks), f"evaluate.ks must be positive integers, got {ks}")
-    require(list(ks) == sorted(set(ks)), f"evaluate.ks must be strictly increasing, got {ks}")
+    cutoffs = e["cutoffs"]
+    require(len(cutoffs) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in cutoffs),
+            f"evaluate.cutoffs must be positive integers, got {cutoffs}")
+    require(list(cutoffs) == sorted(set(cutoffs)), f"evaluate.cutoffs must be strictly increasing, got {cutoffs}")
     require(e["index"] in retrieval.INDEXES, f"evaluate.index must be one of {retrieval.INDEXES}, got {e['index']!r}")
-    require(e["nlist"] is None or e["nlist"] >= 1, "evaluate.nlist must be None or >= 1")
+    require(e["nlist"] is None or (isinstance(e["nlist"], int) and e["nlist"] >= 1),
+            f"evaluate.nlist must be None or an integer >= 1, got {e['nlist']!r}")
     require(e["nprobe"] >= 1, "evaluate.nprobe must be >= 1")
     require(0 < e["heuristic_decay"] <= 1, f"evaluate.heuristic_decay must be in (0, 1], got {e['heuristic_decay']}")
     require(e["small_bank"] >= 0, "evaluate.small_bank must be >= 0")
     require(e["batch_size"] >= 2, "evaluate.batch_size must be >= 2")
 
 
-# -- shared helpers --------------------------------------------------------------------------
-_MEMO: dict = {}
-
-
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _device(cfg: dict) -> str:
-    import torch
-    dev = cfg["device"]
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("device: cuda was asked for but no CUDA GPU is available (use cpu or auto)")
-    return dev
-
-
 def _threads(cfg: dict) -> None:
-    import torch
-    torch.set_num_threads(cfg["train"]["threads"])
-    retrieval.set_threads(cfg["train"]["threads"])
-
-
-def bank_key(cfg: dict) -> str:
-    return params_hash({k: cfg["data"][k] for k in BANK_KEYS})
-
-
-def load_bank(run) -> bankmod.Bank:
-    cfg = run.cfg
-    key = bank_key(cfg)
-    if key in _MEMO:
-        return _MEMO[key]
-    folder = build_root() / "wikiseq" / "banks" / key
-    bank = bankmod.load_saved(folder)
-    if bank is None:
-        t0 = time.perf_counter()
-        bank = bankmod.build_bank(cfg["data"], build_root() / "cache", key, _device(cfg),
-                                  cfg["data"]["split_seed"], log=_log)
-        bankmod.save_bank(bank, folder)
-        _log(f"bank {key}: {len(bank):,} chunks x {bank.dim} in {time.perf_counter() - t0:.1f} s")
-    if len(_MEMO) > 8:   # one bank and its indexes at a time is enough
-        _MEMO.clear()
-    _MEMO[key] = bank
-    return bank
-
-
-def _index(bank: bankmod.Bank, kind: str, nlist, nprobe, seed=0, subset=None):
-    sub = None if subset is None else hashlib.sha256(np.asarray(subset, np.int64).tobytes()).hexdigest()
-    mkey = ("index", bank.key, kind, nlist, nprobe, sub)
-    if mkey not in _MEMO:
-        vecs = bank.vectors if subset is None else bank.vectors[subset]
-        _MEMO[mkey] = retrieval.build_index(vecs, kind, nlist, nprobe, seed)
-    return _MEMO[mkey]
+    """torch and FAISS intra-op threads: ``train.threads`` each."""
+    set_threads(cfg["train"]["threads"], cfg["train"]["threads"])
 
 
 # -- prepare -----------------------------------------------------------------------------------
-def _prepared(run) -> tuple[bankmod.Bank, dict]:
-    d = run.cfg["data"]
+def load_bank(run) -> bankmod.Bank:
+    """The run's bank (shared by every run with the same ``bankmod.BANK_KEYS``)."""
+    return bankmod.load(run.cfg["data"], build_root(), str(pick_device(run.cfg["device"])), log=_log)
+
+
+def load_pairs(run) -> tuple[bankmod.Bank, dict]:
+    """The run's bank and its pairs (``data.make_pairs``), cached in ``run.data_dir``."""
     bank = load_bank(run)
-    path = run.data_dir / "pairs.npz"
-    meta_path = run.data_dir / "prepared.json"
-    if path.is_file() and meta_path.is_file():
-        try:
-            z = np.load(path)
-            pairs = {k: z[k] for k in z.files}
-            pairs["meta"] = json.loads(meta_path.read_text())
-            if pairs["meta"].get("bank_key") == bank.key:
-                return bank, pairs
-        except (OSError, ValueError, KeyError):
-            pass  # rebuilt below
-    starts, lens = bank.article_start, bank.article_len
-    ctx, seed = d["ctx_len"], d["split_seed"]
-    train_art, val_art = windows.split_articles(lens, ctx, d["val_fraction"], seed)
-    train_all = windows.article_windows(starts, lens, ctx, d["stride"], train_art)
-    val_all = windows.article_windows(starts, lens, ctx, d["stride"], val_art)
-    n_train = d["n_train"]
-    if d["pair_cap"] is not None:
-        n_train = min(d["pair_cap"], n_train or len(train_all), len(train_all))
-    train_s = windows.sample(train_all, n_train, seed + 1, "data.n_train")
-    val_s = windows.sample(val_all, d["n_val"], seed + 2, "data.n_val")
-    # the common evaluation set: stride-1 windows of the validation articles, the same for
-    # every run that shares the bank, the split and ctx_len
-    eval_all = windows.article_windows(starts, lens, ctx, 1, val_art)
-    eval_s = windows.sample(eval_all, min(d["n_eval"], len(eval_all)), seed + 3, "data.n_eval")
-    # epoch evaluation takes a prefix of val_s and in-batch blocks are consecutive: mix articles
-    val_s = val_s[np.random.default_rng(seed + 4).permutation(len(val_s))]
-    eval_s = eval_s[np.random.default_rng(seed + 5).permutation(len(eval_s))]
-    seq_articles = int(np.sum(lens > ctx))
-    meta = {
-        "bank_key": bank.key, "bank_size": len(bank), "dim": bank.dim, "articles": len(bank.titles),
-        "sequence_articles": seq_articles, "train_articles": len(train_art), "val_articles": len(val_art),
-        "train_windows_available": int(len(train_all)), "val_windows_available": int(len(val_all)),
-        "n_train": int(len(train_s)), "n_val": int(len(val_s)), "n_eval": int(len(eval_s)),
-        "eval_windows_available": int(len(eval_all)),
-        "chunks_per_sequence_article_median": float(np.median(lens[lens > ctx])) if seq_articles else 0.0,
-        "chunks_per_article_median": float(np.median(lens)),
-        "source_sha256": bank.source_sha256,
-        "eval_set_sha256": hashlib.sha256(np.ascontiguousarray(eval_s, dtype=np.int64).tobytes()).hexdigest()[:16],
-    }
-    run.data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run.data_dir / ".pairs.tmp.npz"
-    np.savez(tmp, train=train_s, val=val_s, eval=eval_s, train_articles=train_art, val_articles=val_art)
-    tmp.replace(path)
-    atomic_write_json(meta_path, meta)
-    return bank, {"train": train_s, "val": val_s, "eval": eval_s, "train_articles": train_art,
-                  "val_articles": val_art, "meta": meta}
+    return bank, data.pairs(bank, run.cfg["data"], run.data_dir)
 
 
 def prepare(run) -> dict:
-    bank, pairs = _prepared(run)
+    bank, pairs = load_pairs(run)
     meta = pairs["meta"]
     table = pd.DataFrame([{"quantity": k, "value": v} for k, v in meta.items() if k != "source_sha256"])
     lens = bank.article_len
@@ -251,65 +178,54 @@ def prepare(run) -> dict:
     return {"data": table, "chunks_per_article": fig}
 
 
-# -- cache keys ----------------------------------------------------------------------------------
-# Results are reused only for the same params *and* the same code that computes them: the
-# training and retrieval code under lib/seq/ (not unrelated files, so that a change elsewhere in
-# lib/ does not throw away an hour of training). A key is computed once per Run object, so a
-# file edited while a run is training cannot split one run across two keys.
-CODE_PATHS = ("lib/seq",)
-KEY_CODE = ("lib/seq/bank.py", "lib/seq/windows.py", "lib/seq/towers.py", "lib/seq/train.py",
-            "lib/seq/retrieval.py")
-
-
-def code_hash() -> str:
-    from ..pipeline import ROOT
-    h = hashlib.sha256()
-    for rel in KEY_CODE:
-        h.update(rel.encode())
-        h.update((ROOT / rel).read_bytes())
-    return h.hexdigest()[:12]
-
-
-def _train_key(run) -> str:
-    if "_wikiseq_train_key" not in run.__dict__:
-        cfg = run.cfg
-        run.__dict__["_wikiseq_train_key"] = params_hash({
-            "cfg": {k: cfg[k] for k in ("data", "model", "loss", "train", "seed")},
-            "epoch_eval": [cfg["evaluate"]["ks"], cfg["evaluate"]["heuristic_decay"]],
-            "code": code_hash()})
-    return run.__dict__["_wikiseq_train_key"]
-
-
-def metrics_key(run) -> str:
-    if "_wikiseq_metrics_key" not in run.__dict__:
-        run.__dict__["_wikiseq_metrics_key"] = params_hash({
-            "cfg": {k: v for k, v in run.cfg.items() if k != "device"}, "train": _train_key(run)})
-    return run.__dict__["_wikiseq_metrics_key"]
-
-
-def is_up_to_date(run) -> bool:
-    path = run.dir / "metrics.json"
-    try:
-        return path.is_file() and json.loads(path.read_text()).get("key") == metrics_key(run)
-    except ValueError:
-        return False
-
-
 # -- train -------------------------------------------------------------------------------------
-
-
-def _train_paths(run) -> tuple[Path, Path]:
-    """Training artifacts live in a folder keyed by the training hash, so a quick profile and
-    the full study of the same run name do not overwrite each other."""
-    folder = run.dir / f"train-{_train_key(run)}"
-    return folder / "train.json", folder / "model.pt"
-
-
-def _load_tower(run, bank):
+def _new_tower(run, bank):
     import torch
-    from ..seq.towers import build_query_tower
+    from .towers import build_query_tower
     torch.manual_seed(run.cfg["seed"])
     return build_query_tower(run.cfg["model"], bank.dim)
+
+
+def _read_trained(run) -> dict | None:
+    rec = read_json(run.model_dir / "train.json")
+    if isinstance(rec, dict) and rec.get("key") == run.train_key and (run.model_dir / "model.pt").is_file():
+        return rec
+    return None
+
+
+def trained(run) -> dict:
+    """The training record (``train.json``) of the run's model, trained if missing."""
+    rec = _read_trained(run)
+    if rec is not None:
+        return rec
+    with file_lock(run.model_dir):  # runs that differ only in evaluation train one model
+        rec = _read_trained(run)
+        if rec is None:
+            rec = _train(run)
+    return rec
+
+
+def _train(run) -> dict:
+    import torch
+    from . import train as trainer
+    from .towers import n_params
+    cfg = run.cfg
+    _threads(cfg)
+    bank, pairs = load_pairs(run)
+    dev = pick_device(cfg["device"])
+    tower = _new_tower(run, bank).to(dev)
+    bank_t = torch.from_numpy(bank.vectors).to(dev)
+    index = evaluation.index(bank, "exact", None, 0)
+    t0 = time.perf_counter()
+    _log(f"[{cfg['run']}] training {cfg['model']['tower']} tower on {len(pairs['train']):,} pairs "
+         f"({dev}, {torch.get_num_threads()} threads)")
+    res = trainer.fit(tower, bank_t, index, pairs["train"], pairs["val"], cfg, cfg["seed"], log=_log)
+    rec = {"key": run.train_key, **res, "n_params": n_params(tower), "train_seconds": time.perf_counter() - t0,
+           "device": str(dev), "n_train": int(len(pairs["train"])), "n_val": int(len(pairs["val"]))}
+    with atomic_folder(run.model_dir) as tmp:  # train.json and model.pt together or not at all
+        torch.save(tower.state_dict(), tmp / "model.pt")
+        atomic_write_json(tmp / "train.json", rec)
+    return rec
 
 
 def _train_tables(rec: dict) -> dict:
@@ -320,46 +236,84 @@ def _train_tables(rec: dict) -> dict:
 
 
 def train(run) -> dict:
+    return _train_tables(trained(run))
+
+
+def load_tower(run, bank):
+    """The run's trained query tower (on CPU, eval mode)."""
     import torch
-    from ..seq import train as trainer
-    from ..seq.towers import n_params
-    cfg = run.cfg
-    key = _train_key(run)
-    out, model_path = _train_paths(run)
-    if out.is_file() and model_path.is_file():
-        try:
-            rec = json.loads(out.read_text())
-            if rec.get("key") == key:
-                return _train_tables(rec)
-        except ValueError:
-            pass
-    _threads(cfg)
-    bank, pairs = _prepared(run)
-    dev = _device(cfg)
-    tower = _load_tower(run, bank).to(dev)
-    bank_t = torch.from_numpy(bank.vectors).to(dev)
-    index = _index(bank, "exact", None, 0)
-    t0 = time.perf_counter()
-    _log(f"[{cfg['run']}] training {cfg['model']['tower']} tower on {len(pairs['train']):,} pairs "
-         f"({dev}, {torch.get_num_threads()} threads)")
-    res = trainer.fit(tower, bank_t, index, pairs["train"], pairs["val"], cfg, cfg["seed"], log=_log)
-    rec = {"key": key, **res, "n_params": n_params(tower), "train_seconds": time.perf_counter() - t0,
-           "device": dev, "n_train": int(len(pairs["train"])), "n_val": int(len(pairs["val"]))}
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = model_path.with_name(".model.tmp.pt")
-    torch.save(tower.state_dict(), tmp)
-    tmp.replace(model_path)
-    atomic_write_json(out, rec)
-    return _train_tables(rec)
+    tower = _new_tower(run, bank)
+    tower.load_state_dict(torch.load(run.model_dir / "model.pt", map_location="cpu"))
+    return tower.eval()
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def _score(index, queries, targets, ks, remap=None):
-    ids = retrieval.search(index, queries, max(ks))
-    if remap is not None:
-        ids = np.where(ids >= 0, remap[np.maximum(ids, 0)], -1)
-    r = retrieval.ranks(ids, targets)
-    return r, retrieval.metrics_from_ranks(r, ks)
+def _read_results(run) -> tuple[dict, dict] | None:
+    m = read_json(run.dir / "metrics.json")
+    if not isinstance(m, dict) or m.get("key") != run.metrics_key:
+        return None
+    try:
+        with np.load(run.dir / "ranks.npz") as z:
+            ranks = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return (m, ranks) if "model" in ranks else None
+
+
+def results(run) -> tuple[dict, dict]:
+    """The run's metrics (``metrics.json``) and the exact-search ranks of every query set on
+    the evaluation queries (``ranks.npz``: ``model`` and each heuristic), evaluated if missing."""
+    out = _read_results(run)
+    if out is not None:
+        return out
+    with file_lock(run.dir / "metrics.json"):
+        out = _read_results(run)
+        if out is None:
+            _evaluate(run)
+            out = _read_results(run)  # as every later call reads it
+    if out is None:
+        raise RuntimeError(f"{run.dir}: the evaluation just written cannot be read back")
+    return out
+
+
+def _evaluate(run) -> None:
+    import torch
+    cfg = run.cfg
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    bank, pairs = load_pairs(run)
+    t_prep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_rec = trained(run)
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _threads(cfg)
+    dev = pick_device(cfg["device"])
+    e, d = cfg["evaluate"], cfg["data"]
+    tower = load_tower(run, bank).to(dev)
+    bank_t = torch.from_numpy(bank.vectors).to(dev)
+    ev = evaluation.evaluate_tower(tower, bank, bank_t, pairs["eval"], pairs["meta"]["eval_set_sha256"],
+                                   d["ctx_len"], e, cfg["seed"], d["split_seed"])
+    model_res = ev["model"]
+    main = "ivf" if e["index"] == "ivf" else "exact"
+    t_eval = time.perf_counter() - t0
+    m = {
+        "key": run.metrics_key, "study": "wikiseq", "run": cfg["run"], "cfg": cfg, "device": str(dev),
+        "data": pairs["meta"],
+        "model": {"tower": cfg["model"]["tower"], "n_params": train_rec["n_params"]},
+        "train": {k: train_rec[k] for k in ("history", "updates", "epochs", "updates_per_epoch",
+                                             "micro_batches_per_epoch", "train_seconds", "n_train", "n_val")},
+        "final": {**model_res, "main": model_res[main], "index": main},
+        "heuristics": ev["heuristics"],
+        "small_bank_size": ev["small_bank_size"],
+        "ivf": ev["ivf"],
+        "timing": ev["timing"],
+        "wall_seconds": {"prepare": t_prep, "train": train_rec["train_seconds"], "train_step": t_train,
+                         "evaluate": t_eval, "total_this_call": time.perf_counter() - t_start},
+    }
+    with atomic_path(run.dir / "ranks.npz") as tmp:  # ranks first: metrics.json marks the entry complete
+        np.savez(tmp, **ev["ranks"])
+    atomic_write_json(run.dir / "metrics.json", m)
 
 
 def _eval_tables(m: dict) -> dict:
@@ -372,104 +326,4 @@ def _eval_tables(m: dict) -> dict:
 
 
 def evaluate(run) -> dict:
-    import torch
-    from ..seq import train as trainer
-    cfg = run.cfg
-    path = run.dir / "metrics.json"
-    key = metrics_key(run)
-    keyed = run.dir / f"eval-{key}"
-    if (keyed / "metrics.json").is_file() and (keyed / "ranks.npz").is_file():
-        try:
-            m = json.loads((keyed / "metrics.json").read_text())
-            if m.get("key") == key:
-                if not path.is_file() or path.read_text() != (keyed / "metrics.json").read_text():
-                    atomic_write_json(path, m)
-                return _eval_tables(m)
-        except ValueError:
-            pass
-    t_start = time.perf_counter()
-    t0 = time.perf_counter()
-    bank, pairs = _prepared(run)
-    t_prep = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    train(run)
-    t_train = time.perf_counter() - t0
-    train_rec = json.loads(_train_paths(run)[0].read_text())
-    t0 = time.perf_counter()
-    _threads(cfg)
-    dev = _device(cfg)
-    e, d = cfg["evaluate"], cfg["data"]
-    ks, ctx = e["ks"], d["ctx_len"]
-    tower = _load_tower(run, bank)
-    tower.load_state_dict(torch.load(_train_paths(run)[1], map_location="cpu"))
-    tower.to(dev)
-    bank_t = torch.from_numpy(bank.vectors).to(dev)
-    starts = pairs["eval"]
-    targets = starts + ctx
-    exact = _index(bank, "exact", None, 0)
-    ivf = _index(bank, "ivf", e["nlist"], e["nprobe"], cfg["seed"])
-    small = remap = None
-    if e["small_bank"] and e["small_bank"] < len(bank):
-        rng = np.random.default_rng(d["split_seed"] + 5)
-        others = np.setdiff1d(np.arange(len(bank)), targets)
-        n_more = max(0, e["small_bank"] - len(np.unique(targets)))
-        remap = np.sort(np.concatenate([np.unique(targets), rng.choice(others, n_more, replace=False)]))
-        small = _index(bank, "exact", None, 0, subset=remap)
-
-    t_q = time.perf_counter()
-    queries = {"model": trainer.encode_queries(tower, bank_t, starts, ctx)}
-    t_query_model = time.perf_counter() - t_q
-    # heuristic results depend only on the bank, the query set and the evaluation settings:
-    # computed once per process and shared by the runs of a report
-    hkey = ("heuristics", bank.key, pairs["meta"]["eval_set_sha256"], ctx,
-            params_hash({k: e[k] for k in ("ks", "nlist", "nprobe", "heuristic_decay", "small_bank", "batch_size")}))
-    if hkey not in _MEMO:
-        for h in HEURISTICS:
-            queries[h] = trainer.encode_heuristic(bank_t, starts, ctx, h, e["heuristic_decay"])
-        queries["oracle"] = bank.vectors[targets]
-    docs = bank.vectors[targets]
-    results, ranks = {}, {}
-    if hkey in _MEMO:
-        results, ranks = (dict(x) for x in _MEMO[hkey])
-    search_seconds = None
-    for name, q in queries.items():
-        t_s = time.perf_counter()
-        r_exact, m_exact = _score(exact, q, targets, ks)
-        if name == "model":
-            search_seconds = time.perf_counter() - t_s
-        _, m_ivf = _score(ivf, q, targets, ks)
-        res = {"exact": m_exact, "ivf": m_ivf, "inbatch_top1": retrieval.in_batch_top1(q, docs, e["batch_size"])}
-        if small is not None:
-            _, res["small_bank"] = _score(small, q, targets, ks, remap)
-        results[name] = res
-        ranks[name] = r_exact
-    _MEMO[hkey] = ({n: v for n, v in results.items() if n != "model"},
-                   {n: v for n, v in ranks.items() if n != "model"})
-    model_res = results.pop("model")
-    main = "ivf" if e["index"] == "ivf" else "exact"
-    t_eval = time.perf_counter() - t0
-    m = {
-        "key": key, "study": "wikiseq", "run": cfg["run"], "cfg": cfg, "device": dev,
-        "data": pairs["meta"],
-        "model": {"tower": cfg["model"]["tower"], "n_params": train_rec["n_params"]},
-        "train": {k: train_rec[k] for k in ("history", "updates", "epochs", "updates_per_epoch",
-                                             "micro_batches_per_epoch", "train_seconds", "n_train", "n_val")},
-        "final": {**model_res, "main": model_res[main], "index": main},
-        "heuristics": results,
-        "small_bank_size": int(len(remap)) if remap is not None else len(bank),
-        "ivf": {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe)},
-        "timing": {"search_seconds_exact": search_seconds, "n_queries": int(len(starts)),
-                   "query_encode_seconds": t_query_model},
-        "wall_seconds": {"prepare": t_prep, "train": train_rec["train_seconds"], "train_step": t_train,
-                         "evaluate": t_eval, "total_this_call": time.perf_counter() - t_start},
-    }
-    keyed.mkdir(parents=True, exist_ok=True)
-    tmp = keyed / ".ranks.tmp.npz"
-    np.savez(tmp, **ranks)
-    tmp.replace(keyed / "ranks.npz")
-    atomic_write_json(keyed / "metrics.json", m)
-    atomic_write_json(path, m)
-    return _eval_tables(m)
-
-
-from ..seq.report import REPORT_DEFAULTS, render_report, report_config  # noqa: E402,F401
+    return _eval_tables(results(run)[0])

@@ -75,11 +75,12 @@ def doc_tower(docs: torch.Tensor) -> torch.Tensor:
 
 
 def build_query_tower(model_cfg: dict, in_dim: int) -> nn.Module:
+    """The query tower of the ``model`` params (``tower``, ``gru_hidden``, ``decay``)."""
     kind = model_cfg["tower"]
     if kind == "gru":
-        return GRUPoolQuery(in_dim, model_cfg["hidden"])
+        return GRUPoolQuery(in_dim, model_cfg["gru_hidden"])
     if kind == "residual":
-        return ResidualQuery(in_dim, model_cfg["hidden"], model_cfg["decay"])
+        return ResidualQuery(in_dim, model_cfg["gru_hidden"], model_cfg["decay"])
     raise ValueError(f"unknown tower {kind!r}")
 
 

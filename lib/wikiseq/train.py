@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import retrieval
+from ..core import retrieval
+from .data import gather
 from .towers import doc_tower, heuristic_query
-from .windows import gather
 
 
 def updates_per_epoch(n_pairs: int, batch_size: int, accum_steps: int) -> int:
@@ -70,6 +70,13 @@ def mine_hard_negatives(index, bank_t, starts, ctx_len, n, pool, decay, seed) ->
     return out
 
 
+def epochs_to_run(train_cfg: dict) -> int:
+    """``train.max_epochs``, capped by ``train.epoch_cap`` when set (quick profiles, smoke):
+    no early stopping here, every epoch up to the bound runs."""
+    cap = train_cfg["epoch_cap"]
+    return train_cfg["max_epochs"] if cap is None else min(train_cfg["max_epochs"], cap)
+
+
 def evaluate_tower(tower, bank_t, index, starts, ctx_len, ks, temperature, batch_size) -> dict:
     q = encode_queries(tower, bank_t, starts, ctx_len)
     targets = starts + ctx_len
@@ -89,8 +96,8 @@ def fit(tower, bank_t: torch.Tensor, index, train_starts: np.ndarray, val_starts
     """Train ``tower`` in place; return the per-epoch history and the update count."""
     d, lo, t, e = cfg["data"], cfg["loss"], cfg["train"], cfg["evaluate"]
     ctx_len, bs, accum = d["ctx_len"], t["batch_size"], t["accum_steps"]
-    epochs = t["epochs"] if t["max_epochs"] is None else min(t["epochs"], t["max_epochs"])
-    ks = e["ks"]
+    epochs = epochs_to_run(t)
+    ks = e["cutoffs"]
     val_eval = val_starts[:t["epoch_eval_queries"]]
     hard = None
     if lo["hard_negatives"] > 0:
@@ -98,7 +105,7 @@ def fit(tower, bank_t: torch.Tensor, index, train_starts: np.ndarray, val_starts
         hard = mine_hard_negatives(index, bank_t, train_starts, ctx_len, lo["hard_negatives"],
                                    lo["hard_pool"], e["heuristic_decay"], seed)
         log(f"mined {lo['hard_negatives']} hard negatives per pair in {time.perf_counter() - t0:.1f} s")
-    opt = torch.optim.AdamW(tower.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    opt = torch.optim.AdamW(tower.parameters(), lr=t["learning_rate"], weight_decay=t["weight_decay"])
     rng = np.random.default_rng(seed)
     history, updates = [], 0
     row = {"epoch": 0, "updates": 0, "train_loss": float("nan"), "seconds": 0.0}
