@@ -3,6 +3,7 @@ sections), run its study's cached steps, render a report, and show results in a 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 from . import studies
 from .params import ParamsError, load_yaml
@@ -47,18 +48,40 @@ def render_report(study: str, report_file: str, output: str | None = None,
     return mod.render_report(rcfg)
 
 
+def views(run_or_study: Run | str) -> ModuleType:
+    """The study's views module (``lib.<study>.views``): what the notebooks show of a run."""
+    return studies.views(run_or_study if isinstance(run_or_study, str) else run_or_study.study)
+
+
+def _png(fig) -> bytes:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def show(result: dict) -> None:
-    """Display a step's result in a notebook: tables as tables, figures as figures."""
+    """Display a step's or a view's result in a notebook: tables as tables, matplotlib
+    figures and ``.png`` paths as images (rendered here, whatever the backend, so a figure
+    closed after drawing shows exactly once), anything else as ``name: value``."""
     import pandas as pd
     try:
-        from IPython.display import Markdown, display
+        from IPython.display import Image, Markdown, display
     except ImportError:  # plain Python
+        Image = None
         display, Markdown = print, str
     for key, value in (result or {}).items():
         if isinstance(value, pd.DataFrame):
             display(Markdown(f"**{key}**"))
-            display(value)
-        elif hasattr(value, "savefig"):
-            display(value)
+            with pd.option_context("display.max_colwidth", 200, "display.max_columns", 50):
+                display(value)
+        elif hasattr(value, "savefig") or (isinstance(value, Path) and value.suffix == ".png"):
+            display(Markdown(f"**{key}**"))
+            if Image is None:
+                print(f"<figure {value}>")
+            else:
+                display(Image(filename=str(value)) if isinstance(value, Path) else Image(data=_png(value)))
+        elif isinstance(value, str) and "\n" in value:
+            print(f"{key}:\n{value}")
         else:
             print(f"{key}: {value}")

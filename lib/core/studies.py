@@ -14,6 +14,10 @@ A study's ``steps`` module provides:
 - ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
 Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to
 execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``.
+Its ``views`` module is what the notebooks show of a run, each function taking a ``Run``
+and returning named results for ``lib.core.pipeline.show``: ``data_overview``,
+``model_overview``, ``training_batch``, ``training_curves``, ``metrics_overview``,
+``retrieval_check``, ``example_query``, and ``report_overview(result)`` (the result of ``render_report``).
 """
 from __future__ import annotations
 
@@ -39,3 +43,8 @@ def steps(study: str) -> ModuleType:
 def report(study: str) -> ModuleType:
     """The study's ``lib.<study>.report`` module (report config and rendering)."""
     return _module(study, "report")
+
+
+def views(study: str) -> ModuleType:
+    """The study's ``lib.<study>.views`` module (what the notebooks show of a run)."""
+    return _module(study, "views")
