@@ -21,7 +21,8 @@ TWOTOWER_REPORT_START := $(shell date +%s)
 endif
 export TWOTOWER_REPORT_START
 
-.PHONY: setup test unit notebooks report report-movielens report-wikiseq bench clean strip
+.PHONY: setup test unit integration e2e notebooks sync-notebooks report report-movielens report-wikiseq \
+        report-wikiseq-quick bench bench-wikiseq clean strip
 
 setup: $(VENV)/.installed
 
@@ -31,14 +32,27 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
+# Every tier: unit, integration (real MovieLens), end to end (papermill, notebooks at smoke size).
 test: setup
 	$(PY) -m pytest -q tests notebooks --nbmake
 
+# Tiers (tests/conftest.py gives every test one): fast unit tests; the real-data tests; end to end.
 unit: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "unit and not slow" tests
+
+integration: setup
+	$(PY) -m pytest -q -m integration tests
+
+e2e: setup
+	$(PY) -m pytest -q -m e2e tests notebooks --nbmake
 
 notebooks: setup
 	$(PY) -m pytest -q --nbmake notebooks
+
+# The notebooks' source of truth is notebooks/*.py (jupytext percent format): edit those (or
+# the .ipynb in Jupyter, then `jupytext --sync`) and regenerate the .ipynb without outputs.
+sync-notebooks: setup
+	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
 
 report: report-movielens report-wikiseq
 
@@ -48,14 +62,24 @@ build/test-results.xml: setup
 	mkdir -p build
 	$(PY) -m pytest -q tests --ignore=tests/test_reports_fresh.py --junitxml=build/test-results.xml
 
+# HTML=1 also exports every executed notebook to HTML beside it (build/<study>/runs/<run>/).
+HTML_FLAG := $(if $(HTML),--html,)
+
 report-movielens: setup build/test-results.xml
-	$(PY) -m lib.run --report params/movielens/report.yaml --jobs $(JOBS)
+	$(PY) -m lib.run --report params/movielens/report.yaml --jobs $(JOBS) $(HTML_FLAG)
 
 report-wikiseq: setup
-	$(PY) -m lib.run --report params/wikiseq/report.yaml
+	$(PY) -m lib.run --report params/wikiseq/report.yaml $(HTML_FLAG)
+
+# The sequence study at quick-profile size, rendered into build/ (never over the committed report).
+report-wikiseq-quick: setup
+	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml $(HTML_FLAG)
 
 bench: setup
-	$(PY) -m lib.bench
+	$(PY) -m lib.movielens.bench
+
+bench-wikiseq: setup
+	$(PY) -m lib.wikiseq.bench
 
 strip: setup
 	$(VENV)/bin/nbstripout --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.execution" notebooks/*.ipynb

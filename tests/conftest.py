@@ -9,6 +9,27 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("TWOTOWER_DATA_ROOT", ROOT.parent / "shared" / "data"))
 
 
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test gets exactly one tier: ``e2e`` if marked so (notebook runs collected by
+    nbmake are e2e), ``integration`` if it reads the real data (the ``shared_data``
+    fixture), else ``unit``."""
+    for item in items:
+        names = {m.name for m in item.iter_markers()}
+        if str(getattr(item, "path", "")).endswith(".ipynb"):
+            names.add("e2e")
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.slow)
+        if "e2e" in names:
+            continue
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+        elif "integration" not in names:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_build(tmp_path_factory, monkeypatch):
     """Every test writes its artifacts into its own temporary build folder."""
