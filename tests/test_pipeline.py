@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.core import files, notebooks, pipeline, report, runner
+from lib.core import files, notebooks, pipeline, rendering, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 1, "batch_size": 256},
@@ -46,7 +46,7 @@ def test_failed_render_keeps_the_last_good_report(tmp_path):
     out = tmp_path / "REPORT.md"
     out.write_text("good report\n")
     with pytest.raises(Exception):
-        files.atomic_write_text(out, report.render("evaluation_report.md.j2", {"title": "x"}))
+        files.atomic_write_text(out, rendering.render("evaluation_report.md.j2", {"title": "x"}))
     assert out.read_text() == "good report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]  # no temp file left
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, merge_checked  # noqa: E402
-from ..core.report import provenance, render, save_figure  # noqa: E402
+from ..core.rendering import provenance, render, save_figure  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import steps  # noqa: E402
 

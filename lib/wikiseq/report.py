@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, deep_merge, merge_checked
-from ..core.report import provenance, render, save_figure
+from ..core.rendering import provenance, render, save_figure
 from ..core.runs import ROOT, resolve_path, run_from_file
 from . import analysis, steps
 

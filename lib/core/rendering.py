@@ -1,6 +1,7 @@
 """Rendering reports from measurements: jinja2 templates with StrictUndefined (a missing
-figure fails the render), atomic writes (a failed run keeps the last good report), PNG
-figures with stable bytes, and a provenance block."""
+figure fails the render), number formats, PNG figures saved atomically with stable bytes,
+and the provenance block (commit, params hashes, data checksums, packages, machine). What a
+report contains is its study's ``report`` module; writing it is ``lib.core.files``."""
 from __future__ import annotations
 
 import os
