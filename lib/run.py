@@ -2,23 +2,51 @@
 
     python -m lib.run params/movielens/two_tower_reference.yaml [more.yaml ...] [--force]
     python -m lib.run --report params/movielens/report.yaml [--output PATH] [--jobs 2]
-    python -m lib.run --check params/movielens/*.yaml   # validate only
+    python -m lib.run --check params/*/*.yaml   # validate only (run files and report files)
 
 A run executes notebooks 01-03 with the params file; a report executes 04, which gathers
 the runs its report file lists. Every params file is validated (top-level keys against
 the notebooks' ``parameters`` cells, nested keys against the study's defaults) before
 anything executes. Executed notebooks go to ``build/<study>/runs/<run>/`` (git-ignored);
-``--html`` also exports them to HTML there.
+``--html`` also exports them to HTML there. Exit status: 0 done, 1 a run failed, 2 bad
+params or usage, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from pathlib import Path
 
 from .core import notebooks, runner
-from .core.params import ParamsError
+from .core.params import ParamsError, load_yaml
 from .core.runs import run_parameters
+
+
+def check(paths: list[str]) -> int:
+    """Validate every file (a run file, or a report file with a ``report`` section and the
+    runs it lists); print one line per file; 2 if any failed."""
+    bad = 0
+    for p in paths:
+        try:
+            if "report" in load_yaml(p):
+                _, rcfg = runner.read_report_file(p)
+                for item in rcfg["runs"] + [tuple(x) for x in rcfg.get("derived_runs", [])]:
+                    run_parameters(*(item if isinstance(item, tuple) else (item,)))
+            else:
+                run_parameters(p)
+            print(f"ok: {p}")
+        except ParamsError as exc:
+            bad += 1
+            print(f"error: {p}: {exc}", file=sys.stderr)
+    if bad:
+        print(f"{bad} of {len(paths)} file(s) failed the check", file=sys.stderr)
+    return 2 if bad else 0
+
+
+def _terminate(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: papermill shuts the kernel down
 
 
 def main(argv=None) -> int:
@@ -31,22 +59,36 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run even if up to date")
     ap.add_argument("--jobs", "-j", type=int, default=1, help="runs executed at a time (default 1)")
     ap.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
+    # used by the runner when it executes runs in parallel, one process each
+    ap.add_argument("--log-to-run-dir", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
+    if not args.params and not args.report:
+        ap.error("give params files to run (or --check), or --report FILE")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         notebooks.check_notebooks()
         if args.check:
+            return check(args.params + ([args.report] if args.report else []))
+        if args.log_to_run_dir or args.overrides:
             for p in args.params:
-                run_parameters(p)
-                print(f"ok: {p}")
-            return 0
-        runner.run_many([Path(p) for p in args.params], jobs=args.jobs, force=args.force, html=args.html)
+                runner.run_one(Path(p), force=args.force, overrides=args.overrides,
+                               quiet=args.log_to_run_dir, html=args.html)
+        else:
+            runner.run_many([Path(p) for p in args.params], jobs=args.jobs, force=args.force, html=args.html)
         if args.report:
             runner.report(args.report, args.output, force=args.force, jobs=args.jobs, html=args.html)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except runner.RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -77,14 +77,3 @@ def test_smoke_report_figures(tmp_path):
     assert "- Reference two-tower (features only, mixed loss): NDCG@10 0.2626, Recall@10 0.4294, HitRate@10 0.7121." in text
     assert "{{" not in text and "Smoke render" in text
     assert (tmp_path / "figures" / "ml_loss_curves.png").is_file()
-
-
-@pytest.mark.unit
-def test_parallel_runs_report_every_failure(tmp_path):
-    """run_many with jobs > 1 attempts every run and fails naming the broken ones."""
-    d = tmp_path / "movielens"
-    d.mkdir()
-    (d / "bad_key.yaml").write_text("train: {max_epoch: 3}\n")
-    (d / "bad_value.yaml").write_text("loss: {temperature: -1}\n")
-    with pytest.raises(RuntimeError, match="2 run\\(s\\) failed: .*bad_"):
-        runner.run_many([d / "bad_key.yaml", d / "bad_value.yaml"], jobs=2)

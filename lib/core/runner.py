@@ -1,19 +1,35 @@
 """Execute runs (notebooks 01-03) and reports (04) with papermill, one or several at a time.
 
 Every params file is validated before anything executes. A run whose metrics are up to
-date for its params and code is skipped. With ``jobs > 1`` each run's notebook output
-goes to ``build/<study>/runs/<run>/run.log`` and a line is printed as each run ends; every
-run is attempted, and a failure names the run (nothing downstream, the report, renders).
+date for its params and code is skipped. With ``jobs > 1`` each run executes in its own
+process (``python -m lib.run FILE --log-to-run-dir``): its notebook output goes to
+``build/<study>/runs/<run>/run.log``, a line is printed as each run ends, every run is
+attempted, a failure names the run and the failing cell's exception, and nothing
+downstream (the report) renders. Ctrl-C stops every run within seconds; cache entries are
+written atomically, so an interrupted run leaves none half-written.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from . import notebooks, studies
 from .params import ParamsError, load_yaml
 from .runs import ROOT, build_root, configure, run_parameters
+
+# printed by every kernel papermill starts; says nothing about the run
+_NOISE = ("Kernel is running over TCP without encryption",)
+
+
+class RunFailed(RuntimeError):
+    """A run's notebook raised: names the run, the exception and where its log is."""
 
 
 def run_one(path: str | Path, force: bool = False, overrides: dict | None = None,
@@ -31,11 +47,16 @@ def run_one(path: str | Path, force: bool = False, overrides: dict | None = None
     if force:
         (run_dir / "metrics.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
+    import papermill
     with open(run_dir / "run.log", "w") if quiet else contextlib.nullcontext() as log:
         for nb in notebooks.RUN_NOTEBOOKS:
             if not quiet:
                 print(f"[{name}] executing {nb}", flush=True)
-            notebooks.execute(nb, params, run_dir, log, html=html)
+            try:
+                notebooks.execute(nb, params, run_dir, log, html=html)
+            except papermill.PapermillExecutionError as exc:
+                where = f"; its output is in {run_dir / 'run.log'}" if quiet else ""
+                raise RunFailed(f"{nb}, cell {exc.exec_count}: {exc.ename}: {exc.evalue}{where}") from None
     print(f"[{name}] done in {time.perf_counter() - t0:.0f}s", flush=True)
     return run_dir
 
@@ -64,26 +85,77 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
             p, ov = _split(item)
             run_one(p, force=force, overrides=ov, html=html)
         return
-    from concurrent.futures import ThreadPoolExecutor
     order = sorted(items, key=expected_cost, reverse=True)
-    failed = []
-
-    def one(item):
-        p, ov = _split(item)
-        try:
-            run_one(p, force=force, overrides=ov, quiet=True, html=html)
-        except Exception as exc:  # noqa: BLE001 - reported below, with the run's log
-            failed.append((p, exc))
-            print(f"[{Path(p).stem}] FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                  flush=True)
-
     print(f"running {len(order)} runs, {jobs} at a time; each run's notebook output is in "
           f"{build_root()}/<study>/runs/<run>/run.log", flush=True)
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(one, order))
+    pending, running, failed, done = list(order), {}, [], 0
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                item = pending.pop(0)
+                running[_spawn(item, force, html)] = item
+            finished = [proc for proc in running if proc.poll() is not None]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for proc in finished:
+                path, _ = _split(running.pop(proc))
+                done += 1
+                lines = _output(proc)
+                if proc.returncode == 0:
+                    last = lines[-1] if lines else f"[{Path(path).stem}] done"
+                    print(f"{last} ({done}/{len(order)})", flush=True)
+                else:
+                    reason = next((ln for ln in reversed(lines) if ln.startswith("error:")), None)
+                    reason = reason or (lines[-1] if lines else f"exit status {proc.returncode}")
+                    failed.append((path, reason))
+                    print(f"[{Path(path).stem}] FAILED ({done}/{len(order)}): {reason}", flush=True)
+    except KeyboardInterrupt:
+        _stop(running)
+        raise
     if failed:
         names = ", ".join(Path(p).stem for p, _ in failed)
-        raise RuntimeError(f"{len(failed)} run(s) failed: {names} (see their run.log)") from failed[0][1]
+        raise RunFailed(f"{len(failed)} run(s) failed: {names}\n" + "\n".join(f"  {Path(p).stem}: {r}" for p, r in failed))
+
+
+def _spawn(item, force: bool, html: bool) -> subprocess.Popen:
+    """One run in its own process (and process group, so that Ctrl-C reaches only us and we
+    stop it), its output in a temporary file."""
+    path, overrides = _split(item)
+    cmd = [sys.executable, "-m", "lib.run", str(path), "--log-to-run-dir"]
+    if overrides:
+        cmd += ["--overrides", json.dumps(overrides)]
+    cmd += ["--force"] * force + ["--html"] * html
+    out = tempfile.TemporaryFile(mode="w+")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    proc.output_file = out
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> list[str]:
+    out = proc.output_file
+    out.seek(0)
+    lines = [ln.rstrip() for ln in out.read().splitlines()]
+    out.close()
+    return [ln for ln in lines if ln and not any(n in ln for n in _NOISE)]
+
+
+def _stop(running: dict, grace: float = 10.0) -> None:
+    """Stop every running run: SIGTERM (the run shuts its kernel down), then SIGKILL."""
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print(f"interrupted: stopped {len(running)} running run(s); completed runs stay cached", flush=True)
 
 
 def read_report_file(path: str | Path) -> tuple[str, dict]:

@@ -1,0 +1,112 @@
+"""The runner as a user meets it: parallel runs that fail say why, Ctrl-C stops them, and
+--check checks every file."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib.core import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path):
+    return dict(os.environ, TWOTOWER_BUILD_DIR=str(tmp_path / "build"), PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+
+
+@pytest.mark.e2e
+def test_parallel_failure_names_the_cell_exception(tmp_path, capsys, monkeypatch):
+    """A run that fails inside a notebook: the printed line and the error carry the
+    exception type and message (here the DataError naming the missing path)."""
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / "build"))
+    d = tmp_path / "movielens"
+    d.mkdir()
+    (d / "missing_data.yaml").write_text("data: {dataset: ml-100k, path: /nowhere/ml-100k}\nmodel: {kind: popularity}\n")
+    (d / "bad_value.yaml").write_text("loss: {temperature: -1}\n")
+    with pytest.raises(runner.RunFailed) as info:
+        runner.run_many([d / "missing_data.yaml", d / "bad_value.yaml"], jobs=2)
+    msg = str(info.value)
+    assert "2 run(s) failed" in msg
+    assert "DataError: data.path does not exist: /nowhere/ml-100k" in msg
+    assert "loss.temperature must be > 0" in msg
+    printed = capsys.readouterr().out
+    assert "[missing_data] FAILED (" in printed and "DataError" in printed
+    assert "Kernel is running over TCP" not in printed
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_ctrl_c_stops_every_parallel_run(tmp_path):
+    d = tmp_path / "movielens"
+    d.mkdir()
+    for name in ("long_a", "long_b"):  # far more epochs than the test waits for
+        (d / f"{name}.yaml").write_text("data: {dataset: synthetic}\ntrain: {max_epochs: 500, patience: 500, "
+                                        "batch_size: 64}\nevaluate: {bootstrap: 50}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "lib.run", str(d / "long_a.yaml"), str(d / "long_b.yaml"),
+                             "--jobs", "2"], cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs = tmp_path / "build" / "movielens" / "runs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all((runs / n / "02_train.ipynb").exists() for n in ("long_a", "long_b")):
+        time.sleep(0.5)  # both runs are training (papermill writes the notebook as it starts)
+    assert all((runs / n / "02_train.ipynb").exists() for n in ("long_a", "long_b")), proc.stdout.read()
+    workers = _children(proc.pid)
+    kernels = set().union(*(_children(w) for w in workers))
+    assert len(workers) == 2 and len(kernels) >= 2
+    t0 = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+    rc = proc.wait(timeout=30)
+    stopped = time.monotonic() - t0
+    assert rc == 130 and stopped < 15, (rc, stopped, proc.stdout.read())
+    time.sleep(3)  # a kernel whose manager died exits once it notices
+    assert not [p for p in workers | kernels if _alive(p)]
+    assert not list(tmp_path.rglob("*.tmp*")), "a half-written file was left behind"
+    assert not list(runs.glob("*/metrics.json")) and not list((tmp_path / "build" / "movielens").glob("models/*/train.json"))
+
+
+@pytest.mark.unit
+def test_check_checks_every_file_and_fails_if_any_failed(tmp_path):
+    d = tmp_path / "movielens"
+    d.mkdir()
+    (d / "good.yaml").write_text("model: {kind: popularity}\n")
+    (d / "typo.yaml").write_text("train: {max_epoch: 3}\n")
+    (d / "bad.yaml").write_text("loss: {temperature: 0}\n")
+    files = [str(d / n) for n in ("typo.yaml", "good.yaml", "bad.yaml")] + [str(ROOT / "params/movielens/report.yaml")]
+    proc = subprocess.run([sys.executable, "-m", "lib.run", "--check", *files], cwd=ROOT, env=_env(tmp_path),
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == [f"ok: {d / 'good.yaml'}", f"ok: {ROOT / 'params/movielens/report.yaml'}"]
+    assert "typo.yaml: unknown params key 'train.max_epoch'" in proc.stderr
+    assert "bad.yaml: loss.temperature must be > 0" in proc.stderr
+    assert "2 of 4 file(s) failed the check" in proc.stderr
+
+
+@pytest.mark.unit
+def test_no_arguments_is_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lib.run"], cwd=ROOT, env=_env(tmp_path), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "give params files" in proc.stderr
