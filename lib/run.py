@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 from .core import notebooks, runner
 from .core.params import ParamsError, load_yaml
-from .core.runs import run_parameters
+from .core.runs import BUILD_ENV, run_parameters
+
+DATA_ROOT_ENV = "TWOTOWER_DATA_ROOT"  # read by the studies' loaders
 
 
 def check(paths: list[str]) -> int:
@@ -68,6 +71,9 @@ def main(argv=None) -> int:
     if not args.params and not args.report:
         ap.error("give params files to run (or --check), or --report FILE")
     signal.signal(signal.SIGTERM, _terminate)
+    for var in (BUILD_ENV, DATA_ROOT_ENV):  # kernels run in notebooks/: a relative folder means the user's
+        if os.environ.get(var) and not Path(os.environ[var]).expanduser().is_absolute():
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
     try:
         notebooks.check_notebooks()
         if args.check:

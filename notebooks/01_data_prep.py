@@ -58,6 +58,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, so that `lib` imports
 from lib.core import pipeline
 
+pipeline.check_parameters("01_data_prep.ipynb", globals())  # an unknown or ignored parameter fails here
+
 # %% [markdown]
 # ## The run
 #

@@ -46,6 +46,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, so that `lib` imports
 from lib.core import pipeline
 
+pipeline.check_parameters("04_compare.ipynb", globals())  # an unknown or ignored parameter fails here
+
 # %% [markdown]
 # ## Render the report
 

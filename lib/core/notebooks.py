@@ -18,9 +18,14 @@ REPORT_PARAMETERS = ("study", "report_file", "output", "run_overrides")
 
 
 @functools.lru_cache(maxsize=None)
-def notebook_parameters(name: str) -> frozenset[str]:
+def notebook_parameters_with_defaults(name: str) -> dict[str, str]:
+    """The names of a notebook's ``parameters`` cell, each with its default's source."""
     import papermill
-    return frozenset(papermill.inspect_notebook(str(NOTEBOOKS / name)))
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(NOTEBOOKS / name)).items()}
+
+
+def notebook_parameters(name: str) -> frozenset[str]:
+    return frozenset(notebook_parameters_with_defaults(name))
 
 
 def check_notebooks() -> None:

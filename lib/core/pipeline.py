@@ -10,6 +10,34 @@ from .params import ParamsError, load_yaml
 from .runs import Run, configure, run_from_file
 
 
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def check_parameters(notebook: str, namespace: dict) -> None:
+    """The parameters a notebook was given (its ``globals()``, after papermill's injected
+    cell) are the names of its ``parameters`` cell, and a ``params_file`` comes alone:
+    papermill itself only warns on an unknown name and would run the smoke defaults. Data
+    values only (modules, classes and functions are the notebook's own imports)."""
+    import ast
+    import difflib
+    import types
+
+    from .notebooks import notebook_parameters_with_defaults
+    declared = notebook_parameters_with_defaults(notebook)
+    given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _IPYTHON_NAMES
+             and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))}
+    for name in sorted(set(given) - set(declared)):
+        close = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ParamsError(f"{notebook}: unknown parameter '{name}'{hint}; its parameters are {sorted(declared)}")
+    if given.get("params_file") is not None:
+        changed = [k for k, default in declared.items()
+                   if k != "params_file" and k in given and given[k] != ast.literal_eval(default)]
+        if changed:
+            raise ParamsError(f"{notebook}: params_file is given, so {changed} would be ignored; put those "
+                              f"values in the params file ({given['params_file']}) instead")
+
+
 def configure_from(params_file: str | None = None, **sections) -> Run:
     """A params file if given (as ``python -m lib.run`` would run it), else the sections."""
     return run_from_file(params_file) if params_file else configure(**sections)

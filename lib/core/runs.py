@@ -139,8 +139,29 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
               "seed": ov.get("seed", raw.get("seed", 0)), "device": ov.get("device", raw.get("device", "cpu"))}
     for section in SECTIONS:
         params[section] = deep_merge(raw.get(section) or {}, ov.get(section) or {})
+    _absolute_paths(params)
     configure(**params)  # raises ParamsError on any unknown/mistyped/impossible value
     return params
+
+
+def path_base() -> Path:
+    """What a relative path in params means: relative to the folder the user runs from (in
+    a notebook, whose kernel runs in ``notebooks/``, the repository root)."""
+    cwd = Path.cwd().resolve()
+    return ROOT if cwd == (ROOT / "notebooks").resolve() else cwd
+
+
+PATH_KEYS = ("data.path",)  # params keys that name a file or folder, in every study
+
+
+def _absolute_paths(params: dict) -> None:
+    """Resolve relative paths (``PATH_KEYS``) once, here, before any notebook kernel (which
+    runs in another folder) reads them."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = params[section].get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            params[section][key] = str(path_base() / value)
 
 
 def run_from_file(path: str | Path, overrides: dict | None = None) -> Run:

@@ -1,0 +1,72 @@
+"""Bad input and faults, as a user meets them: each fails clearly, names what is wrong and
+loses nothing (issue 12's defects, one test each)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.core import notebooks, runs
+from lib.core.params import ParamsError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _papermill(nb, parameters, tmp_path):
+    import papermill
+    return papermill.execute_notebook(str(notebooks.NOTEBOOKS / nb), str(tmp_path / nb), parameters=parameters,
+                                      cwd=str(notebooks.NOTEBOOKS), kernel_name="python3", progress_bar=False)
+
+
+@pytest.mark.e2e
+def test_notebook_run_directly_rejects_a_mistyped_parameter(tmp_path, monkeypatch):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        _papermill("01_data_prep.ipynb", {"parmas_file": "../params/movielens/baseline_popularity.yaml"}, tmp_path)
+    assert info.value.ename == "ParamsError"
+    assert "unknown parameter 'parmas_file' (did you mean 'params_file'?)" in info.value.evalue
+
+
+@pytest.mark.e2e
+def test_notebook_rejects_values_that_params_file_would_ignore(tmp_path):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        _papermill("02_train.ipynb", {"params_file": "../params/movielens/baseline_popularity.yaml",
+                                      "train": {"max_epochs": 1}}, tmp_path)
+    assert info.value.ename == "ParamsError" and "['train'] would be ignored" in info.value.evalue
+
+
+@pytest.mark.unit
+def test_relative_data_path_means_the_users_folder(tmp_path, monkeypatch):
+    f = tmp_path / "movielens" / "mine.yaml"
+    f.parent.mkdir()
+    f.write_text("data: {dataset: ml-100k, path: my-data/ml-100k}\nmodel: {kind: popularity}\n")
+    monkeypatch.chdir(tmp_path)
+    assert runs.run_parameters(f)["data"]["path"] == str(tmp_path / "my-data" / "ml-100k")
+    monkeypatch.chdir(ROOT / "notebooks")  # a kernel's folder: relative to the repository root
+    assert runs.run_parameters(f)["data"]["path"] == str(ROOT / "my-data" / "ml-100k")
+
+
+@pytest.mark.e2e
+def test_relative_build_folder_is_the_users(tmp_path):
+    """A relative $TWOTOWER_BUILD_DIR is where the user ran from, for the kernels too (they
+    run in notebooks/), not split across two folders."""
+    f = tmp_path / "movielens" / "pop.yaml"
+    f.parent.mkdir()
+    f.write_text("data: {dataset: synthetic}\nmodel: {kind: popularity}\nevaluate: {bootstrap: 50}\n")
+    env = dict(os.environ, TWOTOWER_BUILD_DIR="rel-build", PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-m", "lib.run", str(f)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "rel-build" / "movielens" / "runs" / "pop" / "metrics.json").is_file()
+    assert not (ROOT / "notebooks" / "rel-build").exists()
+
+
+@pytest.mark.unit
+def test_top_level_run_key_is_rejected(tmp_path):
+    f = tmp_path / "movielens" / "x.yaml"
+    f.parent.mkdir()
+    f.write_text("run: other\nmodel: {kind: popularity}\n")
+    with pytest.raises(ParamsError, match="unknown top-level key.*'run'"):
+        runs.run_parameters(f)
