@@ -70,3 +70,42 @@ def test_top_level_run_key_is_rejected(tmp_path):
     f.write_text("run: other\nmodel: {kind: popularity}\n")
     with pytest.raises(ParamsError, match="unknown top-level key.*'run'"):
         runs.run_parameters(f)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text,match", [
+    ("", "the file is empty"),
+    ("train: {max_epochs: 3}\ntrain: {batch_size: 8}\n", "key 'train' is given twice"),
+    ("train: {learning_rate: 1e-3}\n", "YAML reads 1e-3 as a string"),
+    ("data: ml-100k\n", "section 'data' must be a mapping"),
+    ("train: 5\n", "section 'train' must be a mapping"),
+    ("data: {split: [a, b, c]}\n", "data.split' must be a list of float"),
+    ("seed: -1\n", "seed must be an integer >= 0"),
+])
+def test_bad_params_file_is_named_and_explained(tmp_path, text, match):
+    f = tmp_path / "movielens" / "bad.yaml"
+    f.parent.mkdir()
+    f.write_text(text)
+    with pytest.raises(ParamsError, match=match):
+        runs.run_parameters(f)
+
+
+@pytest.mark.unit
+def test_unknown_study_says_where_it_came_from(tmp_path):
+    f = tmp_path / "experiments" / "x.yaml"
+    f.parent.mkdir()
+    f.write_text("model: {kind: popularity}\n")
+    with pytest.raises(ParamsError, match="unknown study 'experiments', from the folder it is in"):
+        runs.run_parameters(f)
+
+
+@pytest.mark.unit
+def test_cuda_without_a_gpu_fails_at_check_time(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    f = tmp_path / "movielens" / "gpu.yaml"
+    f.parent.mkdir()
+    f.write_text("device: cuda\nmodel: {kind: popularity}\n")
+    with pytest.raises(ParamsError, match="torch sees no CUDA GPU"):
+        runs.run_parameters(f)

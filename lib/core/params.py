@@ -20,15 +20,35 @@ class ParamsError(ValueError):
     """A params file or value is unknown, mistyped or impossible."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
+    """A params file's mapping; a missing, unparsable or empty file, a key given twice or a
+    top level that is not a mapping is a ``ParamsError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
         with path.open() as fh:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        raise ParamsError(f"{path}: the file is empty (a run needs at least one section, e.g. "
+                          f"'data: {{dataset: ml-1m}}'; to run every default, write 'data: {{}}')")
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
@@ -78,10 +98,27 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
             out[key] = merge_checked(default, value, path, open_keys)
             continue
         if not _type_ok(value, default):
+            hint = ""
+            if isinstance(default, (int, float)) and isinstance(value, str) and _is_number(value):
+                hint = (f" (YAML reads {value} as a string: write it with a dot and a signed "
+                        f"exponent, e.g. 1.0e-3, or as a decimal)")
             raise ParamsError(f"params key '{path}' must be of type {type(default).__name__}, "
-                              f"got {value!r}")
+                              f"got {value!r}{hint}")
+        if isinstance(default, (list, tuple)) and default and value:
+            bad = [v for v in value if not _type_ok(v, default[0])]
+            if bad:
+                raise ParamsError(f"params key '{path}' must be a list of {type(default[0]).__name__}, "
+                                  f"got {value!r}")
         out[key] = float(value) if isinstance(default, float) and value is not None else value
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def deep_merge(base: Mapping, over: Mapping | None) -> dict:

@@ -101,10 +101,13 @@ def configure(study: str = "movielens", run: str = "smoke", data: dict | None = 
     given = {"data": data or {}, "model": model or {}, "loss": loss or {}, "train": train or {},
              "evaluate": evaluate or {}}
     cfg = merge_checked(mod.DEFAULTS, given, open_keys=getattr(mod, "OPEN_KEYS", frozenset()))
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ParamsError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ParamsError(f"seed must be an integer >= 0, got {seed!r}")
     if device not in DEVICES:
         raise ParamsError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "cuda":
+        from .device import pick_device
+        pick_device(device)  # no GPU: fail now, not when training starts
     if not run or "/" in run:
         raise ParamsError(f"run must be a plain name, got {run!r}")
     cfg.update(study=study, run=run, seed=seed, device=device)
@@ -127,10 +130,17 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
     path = resolve_path(path)
     raw = load_yaml(path)
     study = raw.get("study", path.parent.name)
+    for section in SECTIONS:
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ParamsError(f"{path}: section '{section}' must be a mapping (e.g. '{section}: {{key: value}}'), "
+                              f"got {raw[section]!r}")
     unknown = set(raw) - (set(TOP_LEVEL) - {"run"})  # a run is named by its file
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
                           f"allowed: {[k for k in TOP_LEVEL if k != 'run']}")
+    if study not in studies.STUDIES:
+        where = "its 'study:' key" if "study" in raw else f"the folder it is in ('{path.parent.name}'; or set 'study:')"
+        raise ParamsError(f"{path}: unknown study '{study}', from {where}; known: {list(studies.STUDIES)}")
     ov = overrides or {}
     unknown = set(ov) - set(SECTIONS) - {"seed", "device"}
     if unknown:
