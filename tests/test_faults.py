@@ -109,3 +109,35 @@ def test_cuda_without_a_gpu_fails_at_check_time(tmp_path):
     f.write_text("device: cuda\nmodel: {kind: popularity}\n")
     with pytest.raises(ParamsError, match="torch sees no CUDA GPU"):
         runs.run_parameters(f)
+
+
+def _fig(value: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, value])
+    plt.close(fig)
+    return fig
+
+
+@pytest.mark.unit
+def test_figures_belong_to_their_report(tmp_path):
+    """Two reports in one folder never share a figure file; a render that fails before its
+    markdown is written leaves the figures the old markdown shows; a finished render removes
+    only its own figures that it no longer shows."""
+    from lib.core import files, rendering
+    a, b = tmp_path / "A.md", tmp_path / "B.md"
+    figs_a = rendering.save_figures({"curve": _fig(1.0)}, a)
+    files.atomic_write_text(a, f"![]({figs_a['curve']})\n")
+    figs_b = rendering.save_figures({"curve": _fig(2.0)}, b)
+    files.atomic_write_text(b, f"![]({figs_b['curve']})\n")
+    rendering.prune_figures(b, figs_b)
+    assert figs_a["curve"] != figs_b["curve"] and (tmp_path / figs_a["curve"]).is_file()
+    assert rendering.save_figures({"curve": _fig(1.0)}, a) == figs_a  # same bytes, same file
+    new_a = rendering.save_figures({"curve": _fig(3.0)}, a)  # a render of A that dies here ...
+    assert (tmp_path / figs_a["curve"]).is_file()  # ... leaves what A.md shows in place
+    files.atomic_write_text(a, f"![]({new_a['curve']})\n")
+    rendering.prune_figures(a, new_a)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
+        Path(r).name for r in (new_a["curve"], figs_b["curve"]))

@@ -76,4 +76,6 @@ def test_smoke_report_figures(tmp_path):
     # the markdown shows the companion's figures (the reference's line in the summary)
     assert "- Reference two-tower (features only, mixed loss): NDCG@10 0.2626, Recall@10 0.4294, HitRate@10 0.7121." in text
     assert "{{" not in text and "Smoke render" in text
-    assert (tmp_path / "figures" / "ml_loss_curves.png").is_file()
+    assert sorted(c["figs"]) == ["at_k", "ci", "loss"]
+    for rel in c["figs"].values():  # named by the report they belong to, shown in its markdown
+        assert rel.startswith("figures/EVAL-") and (tmp_path / rel).is_file() and f"]({rel})" in text

@@ -216,8 +216,11 @@ def test_smoke_render_report(build):
                     "## Path forward", "## Bottom line", "## Provenance"):
         assert section in text
     assert re.search(r"Smoke render", text)
-    assert (out.parent / "figures" / "wikiseq_scaling.png").stat().st_size > 1000
     companion = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(companion["figs"]) == ["curves", "scaling"]
+    for rel in companion["figs"].values():  # named by the report they belong to, shown in its markdown
+        assert rel.startswith("figures/TWO_TOWER_V1_V2_COMPARISON-") and f"]({rel})" in text
+        assert (out.parent / rel).stat().st_size > 1000
     assert set(companion["runs"]) == set(cfg["report"]["roles"])
     v = companion["verdict"]
     assert res["cause"] == v["cause"] == "updates"

