@@ -141,3 +141,53 @@ def test_figures_belong_to_their_report(tmp_path):
     rendering.prune_figures(a, new_a)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(
         Path(r).name for r in (new_a["curve"], figs_b["curve"]))
+
+
+def _popularity_run(tmp_path, name="pop"):
+    f = tmp_path / "movielens" / f"{name}.yaml"
+    f.parent.mkdir(exist_ok=True)
+    f.write_text("data: {dataset: synthetic, synthetic: {n_users: 60, n_items: 40, n_ratings: 1500}}\n"
+                 "model: {kind: popularity}\nevaluate: {bootstrap: 50}\n")
+    return f
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("entry", ["data", "model", "metrics"])
+def test_a_corrupt_cache_entry_is_rebuilt(tmp_path, entry, capsys):
+    """A truncated file in a cache entry (a full disk, a kill) is detected and rebuilt,
+    never read as a result, and the rebuilt result equals the first one."""
+    import json
+
+    from lib.movielens import steps
+    run = runs.run_from_file(_popularity_run(tmp_path))
+    steps.evaluate(run)
+    first = json.loads((run.dir / "metrics.json").read_text())
+    target = {"data": run.data_dir / "meta.json", "model": run.model_dir / "train.json",
+              "metrics": run.dir / "metrics.json"}[entry]
+    target.write_text(target.read_text()[:25])  # cut mid-JSON
+    if entry == "data":
+        data = steps.load_data(run)
+        assert "incomplete or corrupt" in capsys.readouterr().out
+        assert data.meta["ratings"] == first["data"]["ratings"] and json.loads(target.read_text())
+        return
+    if entry == "model":
+        (run.dir / "metrics.json").unlink()  # else the (valid) metrics are simply reused
+    steps.evaluate(run)
+    after = json.loads((run.dir / "metrics.json").read_text())
+    figures = lambda m: {s: {k: v for k, v in e.items() if k != "rank_seconds"} for s, e in m["splits"].items()}  # noqa: E731
+    assert figures(after) == figures(first)
+
+
+@pytest.mark.e2e
+def test_force_rebuilds_data_model_and_metrics(tmp_path, monkeypatch):
+    from lib.core import runner
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / "build"))
+    f = _popularity_run(tmp_path)
+    run = runs.run_from_file(f)
+    runner.run_one(f)
+    paths = [run.data_dir / "prepared.npz", run.model_dir / "train.json", run.dir / "metrics.json"]
+    before = [p.stat().st_mtime_ns for p in paths]
+    runner.run_one(f)  # cached: nothing rebuilt
+    assert [p.stat().st_mtime_ns for p in paths] == before
+    runner.run_one(f, force=True)
+    assert all(p.stat().st_mtime_ns > t for p, t in zip(paths, before))

@@ -45,7 +45,7 @@ def run_one(path: str | Path, force: bool = False, overrides: dict | None = None
         print(f"[{name}] up to date", flush=True)
         return run_dir
     if force:
-        (run_dir / "metrics.json").unlink(missing_ok=True)
+        forget(run)
     t0 = time.perf_counter()
     import papermill
     with open(run_dir / "run.log", "w") if quiet else contextlib.nullcontext() as log:
@@ -59,6 +59,18 @@ def run_one(path: str | Path, force: bool = False, overrides: dict | None = None
                 raise RunFailed(f"{nb}, cell {exc.exec_count}: {exc.ename}: {exc.evalue}{where}") from None
     print(f"[{name}] done in {time.perf_counter() - t0:.0f}s", flush=True)
     return run_dir
+
+
+def forget(run) -> None:
+    """Remove a run's cached entries: its metrics, its trained model and its prepared data
+    (each under its lock; runs sharing the data rebuild it, their models stay valid), so
+    that the next execution rebuilds everything it needs (``--force``)."""
+    import shutil
+    from .files import file_lock
+    for folder in (run.data_dir, run.model_dir):
+        with file_lock(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+    (run.dir / "metrics.json").unlink(missing_ok=True)
 
 
 def _split(item) -> tuple[Path, dict | None]:
