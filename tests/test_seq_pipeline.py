@@ -33,10 +33,10 @@ def _forget_memos():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("section,values,match", [
-    ("train", {"lr": 1e-3}, "unknown params key 'train.lr'"),
-    ("train", {"epochs": 3}, "unknown params key 'train.epochs'"),
-    ("model", {"hidden": 8}, r"unknown params key 'model.hidden' \(did you mean 'gru_hidden'\?\)"),
-    ("evaluate", {"ks": [10]}, "unknown params key 'evaluate.ks'"),
+    ("train", {"lr": 1e-3}, "params key 'train.lr' was renamed 'train.learning_rate'"),
+    ("train", {"epochs": 3}, "params key 'train.epochs' was renamed 'train.max_epochs'"),
+    ("model", {"hidden": 8}, "params key 'model.hidden' was renamed 'model.gru_hidden'"),
+    ("evaluate", {"ks": [10]}, "params key 'evaluate.ks' was renamed 'evaluate.cutoffs'"),
     ("data", {"ctx": 5}, "unknown params key 'data.ctx'"),
 ])
 def test_unknown_key_fails(section, values, match):

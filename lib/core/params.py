@@ -78,12 +78,15 @@ def _type_ok(value: Any, default: Any) -> bool:
 # Keys whose value is a free-form mapping (e.g. a baseline's hyperparameters, checked by
 # the model's own constructor) are listed by dotted path in OPEN_KEYS of a study.
 def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
-                  open_keys: frozenset[str] = frozenset()) -> dict:
-    """Deep-merge ``given`` onto ``defaults``; unknown keys and wrong types raise."""
+                  open_keys: frozenset[str] = frozenset(), renamed: Mapping[str, str] | None = None) -> dict:
+    """Deep-merge ``given`` onto ``defaults``; unknown keys and wrong types raise (a key in
+    ``renamed``, old dotted name -> new, says what it is called now)."""
     out = copy.deepcopy(dict(defaults))
     for key, value in (given or {}).items():
         path = f"{where}.{key}" if where else str(key)
         if key not in defaults:
+            if renamed and path in renamed:
+                raise ParamsError(f"params key '{path}' was renamed '{renamed[path]}'")
             raise ParamsError(f"unknown params key '{path}'{_suggest(str(key), defaults)}; "
                               f"allowed here: {sorted(defaults)}")
         default = defaults[key]
@@ -95,7 +98,7 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
         if isinstance(default, dict) and default:
             if not isinstance(value, dict):
                 raise ParamsError(f"params key '{path}' must be a mapping, got {value!r}")
-            out[key] = merge_checked(default, value, path, open_keys)
+            out[key] = merge_checked(default, value, path, open_keys, renamed)
             continue
         if not _type_ok(value, default):
             hint = ""
@@ -110,6 +113,30 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
                 raise ParamsError(f"params key '{path}' must be a list of {type(default[0]).__name__}, "
                                   f"got {value!r}")
         out[key] = float(value) if isinstance(default, float) and value is not None else value
+    return out
+
+
+def apply_renames(raw: Mapping, renamed: Mapping[str, str]) -> dict:
+    """A params mapping written before keys were renamed (old dotted name -> new), in the
+    new names; all renames at once, so ``a -> b`` and ``b -> c`` swap cleanly."""
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Mapping) and v and path not in renamed:
+                walk(v, path)
+            else:
+                flat[renamed.get(path, path)] = copy.deepcopy(v)
+
+    walk(raw, "")
+    out: dict = {}
+    for path, v in flat.items():
+        *parents, last = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = v
     return out
 
 

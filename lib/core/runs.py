@@ -100,7 +100,8 @@ def configure(study: str = "movielens", run: str = "smoke", data: dict | None = 
     mod = studies.steps(study)
     given = {"data": data or {}, "model": model or {}, "loss": loss or {}, "train": train or {},
              "evaluate": evaluate or {}}
-    cfg = merge_checked(mod.DEFAULTS, given, open_keys=getattr(mod, "OPEN_KEYS", frozenset()))
+    cfg = merge_checked(mod.DEFAULTS, given, open_keys=getattr(mod, "OPEN_KEYS", frozenset()),
+                        renamed=getattr(mod, "RENAMED_KEYS", None))
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamsError(f"seed must be an integer >= 0, got {seed!r}")
     if device not in DEVICES:

@@ -81,6 +81,13 @@ DEFAULTS = {
     },
 }
 OPEN_KEYS: frozenset = frozenset()
+# Keys renamed when the studies took one vocabulary (old -> new; all at once: the old
+# train.max_epochs, a cap, is now train.epoch_cap, and the old train.epochs is max_epochs).
+# An old key in a params file is an error that names the new one; reports rendered from
+# files in the old names are checked against them (tests/test_reports_fresh.py).
+RENAMED_KEYS = {"train.lr": "train.learning_rate", "train.epochs": "train.max_epochs",
+                "train.max_epochs": "train.epoch_cap", "model.hidden": "model.gru_hidden",
+                "evaluate.ks": "evaluate.cutoffs", "report.k": "report.cutoff"}
 # The code whose change invalidates cached pairs, models and metrics (lib.core.runs.code_version):
 # what computes results, this module included (it assembles the metrics record). The report, the
 # views and the bench are left out, so that editing them does not retrain every model.
