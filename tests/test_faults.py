@@ -191,3 +191,27 @@ def test_force_rebuilds_data_model_and_metrics(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in paths] == before
     runner.run_one(f, force=True)
     assert all(p.stat().st_mtime_ns > t for p, t in zip(paths, before))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_a_non_finite_number_is_rejected(tmp_path, value):
+    f = tmp_path / "movielens" / "inf.yaml"
+    f.parent.mkdir()
+    f.write_text(f"train: {{learning_rate: {value}}}\n")
+    with pytest.raises(ParamsError, match="train.learning_rate' must be a finite number"):
+        runs.run_parameters(f)
+
+
+@pytest.mark.unit
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_caches_nothing(tmp_path):
+    """A NaN loss (here: a learning rate that overflows) stops training with a message
+    naming the run and the epoch; no model and no metrics are cached."""
+    from lib.movielens import steps
+    from lib.movielens.train import DivergedError
+    run = runs.configure(data={"dataset": "synthetic", "synthetic": {"n_users": 60, "n_items": 40, "n_ratings": 1500}},
+                         train={"learning_rate": 1e30, "max_epochs": 5, "batch_size": 64}, run="diverge")
+    with pytest.raises(DivergedError, match=r"run diverge: epoch 1: the training loss is nan"):
+        steps.evaluate(run)
+    assert not (run.model_dir / "train.json").exists() and not (run.model_dir / "model.pt").exists()
+    assert not (run.dir / "metrics.json").exists()

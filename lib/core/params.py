@@ -10,6 +10,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -112,6 +113,8 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
             if bad:
                 raise ParamsError(f"params key '{path}' must be a list of {type(default[0]).__name__}, "
                                   f"got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamsError(f"params key '{path}' must be a finite number, got {value!r}")
         out[key] = float(value) if isinstance(default, float) and value is not None else value
     return out
 
