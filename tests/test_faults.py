@@ -215,3 +215,16 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_caches_nothing(t
         steps.evaluate(run)
     assert not (run.model_dir / "train.json").exists() and not (run.model_dir / "model.pt").exists()
     assert not (run.dir / "metrics.json").exists()
+
+
+@pytest.mark.unit
+def test_a_diverging_wikiseq_run_stops_and_caches_nothing():
+    from lib.core.params import load_yaml
+    from lib.wikiseq import steps
+    from lib.wikiseq.train import DivergedError
+    smoke = load_yaml(ROOT / "params/wikiseq/smoke.yaml")
+    smoke["train"] = dict(smoke["train"], learning_rate=1e30, max_epochs=2)
+    run = runs.configure(study="wikiseq", run="diverge", **smoke)
+    with pytest.raises(DivergedError, match=r"run diverge: epoch 1: the training loss is nan"):
+        steps.evaluate(run)
+    assert not run.model_dir.exists() and not (run.dir / "metrics.json").exists()

@@ -226,7 +226,10 @@ def _train(run) -> dict:
     t0 = time.perf_counter()
     _log(f"[{cfg['run']}] training {cfg['model']['tower']} tower on {len(pairs['train']):,} pairs "
          f"({dev}, {torch.get_num_threads()} threads)")
-    res = trainer.fit(tower, bank_t, index, pairs["train"], pairs["val"], cfg, cfg["seed"], log=_log)
+    try:
+        res = trainer.fit(tower, bank_t, index, pairs["train"], pairs["val"], cfg, cfg["seed"], log=_log)
+    except trainer.DivergedError as exc:
+        raise trainer.DivergedError(f"run {cfg['run']}: {exc}") from exc
     rec = {"key": run.train_key, **res, "n_params": n_params(tower), "train_seconds": time.perf_counter() - t0,
            "device": str(dev), "n_train": int(len(pairs["train"])), "n_val": int(len(pairs["val"]))}
     with atomic_folder(run.model_dir) as tmp:  # train.json and model.pt together or not at all

@@ -17,6 +17,10 @@ from .data import gather
 from .towers import doc_tower, heuristic_query
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
 def updates_per_epoch(n_pairs: int, batch_size: int, accum_steps: int) -> int:
     micro = math.ceil(n_pairs / batch_size)
     return math.ceil(micro / accum_steps)
@@ -135,6 +139,9 @@ def fit(tower, bank_t: torch.Tensor, index, train_starts: np.ndarray, val_starts
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "updates": updates, "train_loss": float(np.mean(losses)),
                "seconds": train_seconds}
+        if not math.isfinite(row["train_loss"]):
+            raise DivergedError(f"epoch {epoch}: the training loss is {row['train_loss']} (diverged; a learning "
+                                f"rate of {t['learning_rate']} may be too high); nothing was cached")
         row.update(evaluate_tower(tower, bank_t, index, val_eval, ctx_len, ks, lo["temperature"], bs))
         history.append(row)
         log(_fmt_row(row))
