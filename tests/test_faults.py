@@ -228,3 +228,45 @@ def test_a_diverging_wikiseq_run_stops_and_caches_nothing():
     with pytest.raises(DivergedError, match=r"run diverge: epoch 1: the training loss is nan"):
         steps.evaluate(run)
     assert not run.model_dir.exists() and not (run.dir / "metrics.json").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sections,match", [
+    ({"model": {"kind": "two_tower", "params": {"l2": 3.0}}}, "a two-tower takes"),
+    ({"data": {"dataset": "synthetic", "synthetic": {"n_users": 10, "n_items": 10, "n_ratings": 500}}},
+     "n_ratings must be at most 80%"),
+    ({"evaluate": {"k": 100}}, "params key 'evaluate.k' was renamed 'evaluate.top_k'"),
+])
+def test_movielens_params_that_would_be_ignored_or_hang_are_errors(sections, match):
+    with pytest.raises(ParamsError, match=match):
+        runs.configure(**sections)
+
+
+@pytest.mark.unit
+def test_a_broken_zip_and_an_unparsable_file_are_named(tmp_path):
+    from lib.movielens import data
+    bad_zip = tmp_path / "ml-100k.zip"
+    bad_zip.write_bytes(b"not a zip")
+    with pytest.raises(data.DataError, match=f"{bad_zip}: not a readable zip archive"):
+        data.load("ml-100k", str(bad_zip), verify=False)
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t2\tthree\t4\n")
+    with pytest.raises(data.DataError, match=f"{folder / 'u.data'}: not in the expected format"):
+        data.load("ml-100k", str(folder), verify=False)
+
+
+@pytest.mark.unit
+def test_prepared_data_follows_the_files_when_checksums_are_off(tmp_path):
+    """With verify_checksums off, replacing a file at the same path gives another
+    prepared-data key (nothing official pins its content)."""
+    import os
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t1\t5\t100\n")
+    sections = {"data": {"dataset": "ml-100k", "path": str(folder), "verify_checksums": False}}
+    first = runs.configure(**sections).data_key
+    assert runs.configure(**sections).data_key == first
+    (folder / "u.data").write_text("1\t1\t4\t100\n")
+    os.utime(folder / "u.data", ns=(1, 1))
+    assert runs.configure(**sections).data_key != first

@@ -11,6 +11,7 @@ The MovieLens licence forbids redistribution, so nothing here writes the data in
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -80,11 +81,29 @@ def _read_member(source: Path, name: str) -> bytes:
         if not path.is_file():
             raise DataError(f"missing data file: {path}")
         return path.read_bytes()
-    with zipfile.ZipFile(source) as zf:
-        candidates = [n for n in zf.namelist() if n.endswith("/" + name) or n == name]
-        if not candidates:
-            raise DataError(f"missing data file: {name} inside {source}")
-        return zf.read(candidates[0])
+    try:
+        with zipfile.ZipFile(source) as zf:
+            candidates = [n for n in zf.namelist() if n.endswith("/" + name) or n == name]
+            if not candidates:
+                raise DataError(f"missing data file: {name} inside {source}")
+            return zf.read(candidates[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{source}: not a readable zip archive ({exc}); data.path must be the official "
+                        f"archive or a folder laid out like it") from exc
+
+
+@contextlib.contextmanager
+def _parsing(source: Path, name: str):
+    """A file that passed (or skipped) its checksum but is not in the expected format is a
+    DataError naming it (with checksums off, a user's own copy can be anything)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError,
+            pd.errors.ParserError) as exc:
+        where = source / name if source.is_dir() else f"{name} inside {source}"
+        raise DataError(f"{where}: not in the expected format ({type(exc).__name__}: {exc})") from exc
 
 
 def _verified(source: Path, dataset: str, name: str, verify: bool) -> tuple[bytes, str]:
@@ -113,30 +132,33 @@ def _year_from_title(titles: pd.Series) -> pd.Series:
 
 def parse_ml1m(source: Path, verify: bool = True) -> RawData:
     sums = {}
-    raw, sums["ratings.dat"] = _verified(source, "ml-1m", "ratings.dat", verify)
-    arr = np.loadtxt(io.BytesIO(raw.replace(b"::", b"\t")), dtype=np.int64, delimiter="\t", ndmin=2)
-    if arr.shape[1] != 4:
-        raise DataError(f"ratings.dat: expected 4 columns, got {arr.shape[1]}")
-    ratings = pd.DataFrame(arr, columns=["user_id", "item_id", "rating", "timestamp"])
-    _check_rows(ratings, "ml-1m", "ratings.dat", verify)
+    with _parsing(source, "ratings.dat"):
+        raw, sums["ratings.dat"] = _verified(source, "ml-1m", "ratings.dat", verify)
+        arr = np.loadtxt(io.BytesIO(raw.replace(b"::", b"\t")), dtype=np.int64, delimiter="\t", ndmin=2)
+        if arr.shape[1] != 4:
+            raise DataError(f"ratings.dat: expected 4 columns, got {arr.shape[1]}")
+        ratings = pd.DataFrame(arr, columns=["user_id", "item_id", "rating", "timestamp"])
+        _check_rows(ratings, "ml-1m", "ratings.dat", verify)
 
-    raw, sums["users.dat"] = _verified(source, "ml-1m", "users.dat", verify)
-    users = pd.read_csv(io.BytesIO(raw), sep="::", engine="python", header=None,
-                        names=["user_id", "gender", "age", "occupation", "zip"], encoding="latin-1")
-    _check_rows(users, "ml-1m", "users.dat", verify)
-    users["gender"] = (users["gender"] == "F").astype(np.int64)
-    age_index = {a: i for i, a in enumerate(ML1M_AGES)}
-    if not users["age"].isin(age_index).all():
-        raise DataError("users.dat: unknown age code")
-    users["age_group"] = users["age"].map(age_index).astype(np.int64)
+    with _parsing(source, "users.dat"):
+        raw, sums["users.dat"] = _verified(source, "ml-1m", "users.dat", verify)
+        users = pd.read_csv(io.BytesIO(raw), sep="::", engine="python", header=None,
+                            names=["user_id", "gender", "age", "occupation", "zip"], encoding="latin-1")
+        _check_rows(users, "ml-1m", "users.dat", verify)
+        users["gender"] = (users["gender"] == "F").astype(np.int64)
+        age_index = {a: i for i, a in enumerate(ML1M_AGES)}
+        if not users["age"].isin(age_index).all():
+            raise DataError("users.dat: unknown age code")
+        users["age_group"] = users["age"].map(age_index).astype(np.int64)
 
-    raw, sums["movies.dat"] = _verified(source, "ml-1m", "movies.dat", verify)
-    items = pd.read_csv(io.BytesIO(raw), sep="::", engine="python", header=None,
-                        names=["item_id", "title", "genres"], encoding="latin-1")
-    _check_rows(items, "ml-1m", "movies.dat", verify)
-    gidx = {g: i for i, g in enumerate(ML1M_GENRES)}
-    items["genres"] = items["genres"].str.split("|").map(lambda gs: [gidx[g] for g in gs if g in gidx])
-    items["year"] = _year_from_title(items["title"])
+    with _parsing(source, "movies.dat"):
+        raw, sums["movies.dat"] = _verified(source, "ml-1m", "movies.dat", verify)
+        items = pd.read_csv(io.BytesIO(raw), sep="::", engine="python", header=None,
+                            names=["item_id", "title", "genres"], encoding="latin-1")
+        _check_rows(items, "ml-1m", "movies.dat", verify)
+        gidx = {g: i for i, g in enumerate(ML1M_GENRES)}
+        items["genres"] = items["genres"].str.split("|").map(lambda gs: [gidx[g] for g in gs if g in gidx])
+        items["year"] = _year_from_title(items["title"])
     return RawData("ml-1m", ratings, users[["user_id", "gender", "age_group", "occupation"]],
                    items[["item_id", "title", "year", "genres"]], list(ML1M_GENRES), sums)
 
@@ -146,30 +168,33 @@ ML100K_GENRES = ["unknown"] + ML1M_GENRES
 
 def parse_ml100k(source: Path, verify: bool = True) -> RawData:
     sums = {}
-    raw, sums["u.data"] = _verified(source, "ml-100k", "u.data", verify)
-    arr = np.loadtxt(io.BytesIO(raw), dtype=np.int64, ndmin=2)
-    ratings = pd.DataFrame(arr, columns=["user_id", "item_id", "rating", "timestamp"])
-    _check_rows(ratings, "ml-100k", "u.data", verify)
+    with _parsing(source, "u.data"):
+        raw, sums["u.data"] = _verified(source, "ml-100k", "u.data", verify)
+        arr = np.loadtxt(io.BytesIO(raw), dtype=np.int64, ndmin=2)
+        ratings = pd.DataFrame(arr, columns=["user_id", "item_id", "rating", "timestamp"])
+        _check_rows(ratings, "ml-100k", "u.data", verify)
 
-    raw, sums["u.user"] = _verified(source, "ml-100k", "u.user", verify)
-    users = pd.read_csv(io.BytesIO(raw), sep="|", header=None,
-                        names=["user_id", "age", "gender", "occupation", "zip"], encoding="latin-1")
-    _check_rows(users, "ml-100k", "u.user", verify)
-    users["gender"] = (users["gender"] == "F").astype(np.int64)
-    # Same age groups as ML-1M (<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+).
-    users["age_group"] = np.searchsorted(np.array(ML1M_AGES[1:]), users["age"].to_numpy(), side="right")
-    users["occupation"] = pd.Categorical(users["occupation"]).codes.astype(np.int64)
+    with _parsing(source, "u.user"):
+        raw, sums["u.user"] = _verified(source, "ml-100k", "u.user", verify)
+        users = pd.read_csv(io.BytesIO(raw), sep="|", header=None,
+                            names=["user_id", "age", "gender", "occupation", "zip"], encoding="latin-1")
+        _check_rows(users, "ml-100k", "u.user", verify)
+        users["gender"] = (users["gender"] == "F").astype(np.int64)
+        # Same age groups as ML-1M (<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+).
+        users["age_group"] = np.searchsorted(np.array(ML1M_AGES[1:]), users["age"].to_numpy(), side="right")
+        users["occupation"] = pd.Categorical(users["occupation"]).codes.astype(np.int64)
 
-    raw, sums["u.item"] = _verified(source, "ml-100k", "u.item", verify)
-    items = pd.read_csv(io.BytesIO(raw), sep="|", header=None, encoding="latin-1")
-    _check_rows(items, "ml-100k", "u.item", verify)
-    flags = items.iloc[:, 5:24].to_numpy()
-    items = pd.DataFrame({
-        "item_id": items[0].astype(np.int64),
-        "title": items[1].astype(str),
-        "year": pd.to_datetime(items[2], format="%d-%b-%Y", errors="coerce").dt.year.astype(float),
-        "genres": [list(np.flatnonzero(row)) for row in flags],
-    })
+    with _parsing(source, "u.item"):
+        raw, sums["u.item"] = _verified(source, "ml-100k", "u.item", verify)
+        items = pd.read_csv(io.BytesIO(raw), sep="|", header=None, encoding="latin-1")
+        _check_rows(items, "ml-100k", "u.item", verify)
+        flags = items.iloc[:, 5:24].to_numpy()
+        items = pd.DataFrame({
+            "item_id": items[0].astype(np.int64),
+            "title": items[1].astype(str),
+            "year": pd.to_datetime(items[2], format="%d-%b-%Y", errors="coerce").dt.year.astype(float),
+            "genres": [list(np.flatnonzero(row)) for row in flags],
+        })
     return RawData("ml-100k", ratings, users[["user_id", "gender", "age_group", "occupation"]],
                    items, list(ML100K_GENRES), sums)
 
@@ -203,7 +228,10 @@ def download_archive(dataset: str, dest_dir: Path) -> Path:
     return target
 
 
-def resolve_source(dataset: str, path: str | None, download_dir: str | Path = "data/raw") -> Path:
+DOWNLOAD_DIR = Path(__file__).resolve().parents[2] / "data" / "raw"  # <repository>/data/raw, git-ignored
+
+
+def resolve_source(dataset: str, path: str | None, download_dir: str | Path = DOWNLOAD_DIR) -> Path:
     """Where to read ``dataset`` from: ``path`` (dir or zip) > $TWOTOWER_DATA_ROOT/<dataset>
     > a previously downloaded archive > download the official archive."""
     if path:
@@ -218,6 +246,20 @@ def resolve_source(dataset: str, path: str | None, download_dir: str | Path = "d
             raise DataError(f"${DATA_ROOT_ENV}={root} has no '{dataset}' folder ({p})")
         return p
     return download_archive(dataset, Path(download_dir))
+
+
+def source_fingerprint(dataset: str, path: str | None) -> dict:
+    """Size and modification time of every file a dataset would be read from, without
+    downloading anything: with checksums off, a file replaced at the same path changes
+    the prepared-data key (with checksums on, the official sha256 pins the content)."""
+    if path:
+        src = Path(path).expanduser()
+    elif os.environ.get(DATA_ROOT_ENV):
+        src = Path(os.environ[DATA_ROOT_ENV]).expanduser() / dataset
+    else:
+        src = DOWNLOAD_DIR / f"{dataset}.zip"
+    files = sorted(src.rglob("*")) if src.is_dir() else [src]
+    return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
 
 
 def load(dataset: str, path: str | None = None, verify: bool = True) -> RawData:

@@ -18,7 +18,7 @@ from ..core.device import pick_device, set_threads
 from ..core.files import atomic_path, atomic_write_json, file_lock, read_json
 from ..core.params import ParamsError, require
 from . import baselines, evaluate as evaluation
-from .data import PreparedData, prepared_data
+from .data import PreparedData, prepared_data, source_fingerprint
 from .train import DivergedError, Trainer, build_model
 
 DEFAULTS = {
@@ -72,6 +72,7 @@ KEY_CODE = (*(f"lib/movielens/{name}.py" for name in ("data", "towers", "losses"
             *(f"lib/core/{name}.py" for name in ("metrics", "retrieval", "stats")))
 TRAIN_EVALUATE_KEYS = ()  # training reads no evaluate setting (per-epoch figures are fixed)
 OPEN_KEYS = frozenset({"model.params", "model.select_on_validation"})
+RENAMED_KEYS = {"evaluate.k": "evaluate.top_k"}  # old -> new (one vocabulary across studies)
 MODEL_KINDS = ("two_tower", *baselines.BASELINES)
 KS = evaluation.KS
 
@@ -84,6 +85,13 @@ def validate(cfg: dict) -> None:
     require(d["min_count"] >= 1, "data.min_count must be >= 1")
     require(1 <= d["test_min_rating"] <= 5, "data.test_min_rating must be in 1..5")
     require(m["kind"] in MODEL_KINDS, f"model.kind: unknown '{m['kind']}'; known: {list(MODEL_KINDS)}")
+    syn = d["synthetic"]
+    require(d["dataset"] != "synthetic" or syn["n_ratings"] <= 0.8 * syn["n_users"] * syn["n_items"],
+            f"data.synthetic.n_ratings must be at most 80% of n_users x n_items ({syn['n_users']} x {syn['n_items']}), "
+            f"got {syn['n_ratings']}")
+    require(m["kind"] != "two_tower" or not (m["params"] or m["select_on_validation"]),
+            "model.params and model.select_on_validation are a baseline's hyperparameters; a two-tower takes "
+            "model.embedding_dim, model.hidden, ... (they would be ignored)")
     require(m["embedding_dim"] >= 1 and 0 <= m["dropout"] < 1, "model.embedding_dim >= 1 and 0 <= dropout < 1")
     require(all(isinstance(h, int) and h > 0 for h in m["hidden"]), "model.hidden: positive integers")
     require(m["history"] in ("none", "mean", "recency"), f"model.history: unknown '{m['history']}'")
@@ -124,8 +132,12 @@ def validate(cfg: dict) -> None:
 
 
 def data_key_extra(cfg: dict) -> dict:
-    """Generated data depends on the run's seed too (lib.core.runs.Run.data_key)."""
-    return {"seed": cfg["seed"]} if cfg["data"]["dataset"] == "synthetic" else {}
+    """What prepared data depends on besides the data section (lib.core.runs.Run.data_key):
+    the run's seed for generated data; with checksums off, the files' sizes and times."""
+    d = cfg["data"]
+    if d["dataset"] == "synthetic":
+        return {"seed": cfg["seed"]}
+    return {} if d["verify_checksums"] else {"files": source_fingerprint(d["dataset"], d["path"])}
 
 
 # -- data ----------------------------------------------------------------------------------
