@@ -59,7 +59,8 @@ def test_relative_build_folder_is_the_users(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lib.run", str(f)], cwd=tmp_path, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "rel-build" / "movielens" / "runs" / "pop" / "metrics.json").is_file()
+    name = runs.run_parameters(f)["run"]
+    assert (tmp_path / "rel-build" / "movielens" / "runs" / name / "metrics.json").is_file()
     assert not (ROOT / "notebooks" / "rel-build").exists()
 
 
@@ -270,3 +271,21 @@ def test_prepared_data_follows_the_files_when_checksums_are_off(tmp_path):
     (folder / "u.data").write_text("1\t1\t4\t100\n")
     os.utime(folder / "u.data", ns=(1, 1))
     assert runs.configure(**sections).data_key != first
+
+
+@pytest.mark.unit
+def test_two_params_files_of_one_name_never_share_a_run_folder(tmp_path, capsys):
+    """The same file name in two folders: two runs, two folders, each its own metrics."""
+    from lib.movielens import steps
+    a, b = tmp_path / "a" / "movielens" / "x.yaml", tmp_path / "b" / "movielens" / "x.yaml"
+    for f, kind in ((a, "popularity"), (b, "random")):
+        f.parent.mkdir(parents=True)
+        f.write_text(f"data: {{dataset: synthetic}}\nmodel: {{kind: {kind}}}\nevaluate: {{bootstrap: 50}}\n")
+    run_a, run_b = runs.run_from_file(a), runs.run_from_file(b)
+    assert run_a.dir != run_b.dir and run_a.cfg["run"].startswith("x-")
+    steps.evaluate(run_a)
+    steps.evaluate(run_b)
+    import json
+    kinds = [json.loads((r.dir / "metrics.json").read_text())["config"]["model"]["kind"] for r in (run_a, run_b)]
+    assert kinds == ["popularity", "random"]
+    assert runs.run_parameters(ROOT / "params/movielens/baseline_ease.yaml")["run"] == "baseline_ease"

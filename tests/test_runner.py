@@ -69,11 +69,13 @@ def test_ctrl_c_stops_every_parallel_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "lib.run", str(d / "long_a.yaml"), str(d / "long_b.yaml"),
                              "--jobs", "2"], cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    from lib.core.runs import run_parameters
     runs = tmp_path / "build" / "movielens" / "runs"
+    names = [run_parameters(d / f"{n}.yaml")["run"] for n in ("long_a", "long_b")]
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not all((runs / n / "02_train.ipynb").exists() for n in ("long_a", "long_b")):
+    while time.monotonic() < deadline and not all((runs / n / "02_train.ipynb").exists() for n in names):
         time.sleep(0.5)  # both runs are training (papermill writes the notebook as it starts)
-    assert all((runs / n / "02_train.ipynb").exists() for n in ("long_a", "long_b")), proc.stdout.read()
+    assert all((runs / n / "02_train.ipynb").exists() for n in names), proc.stdout.read()
     workers = _children(proc.pid)
     kernels = set().union(*(_children(w) for w in workers))
     assert len(workers) == 2 and len(kernels) >= 2

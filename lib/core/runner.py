@@ -191,8 +191,13 @@ def report(path: str | Path, output: str | None = None, force: bool = False, job
     study, rcfg = read_report_file(path)
     notebooks.check_notebooks()
     run_files = [ROOT / p for p in rcfg["runs"]] + [(ROOT / p, ov) for p, ov in rcfg.get("derived_runs", [])]
+    names = {}
     for item in run_files:  # validate everything before executing anything
-        run_parameters(*_split(item))
+        path, ov = _split(item)
+        name = run_parameters(path, ov)["run"]
+        if name in names and names[name] != (Path(path).resolve(), ov):
+            raise ParamsError(f"{path} and {names[name][0]} would share the run folder '{name}'")
+        names[name] = (Path(path).resolve(), ov)
     run_many(run_files, jobs=jobs, force=force, html=html)
     params = {"study": study, "report_file": str(path.resolve()), "output": output, "run_overrides": {}}
     notebooks.execute(notebooks.REPORT_NOTEBOOK, params, build_root() / study / "report", html=html)

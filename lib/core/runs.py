@@ -127,7 +127,7 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
     """The notebook parameters of a run params file: every section present (an omitted
     section means the study defaults, never the notebook's smoke values), validated.
     ``overrides``: sections merged over the file's, ``seed``/``device`` replacing its
-    values; an overridden run is named ``<file stem>-<hash of the overrides>``."""
+    values. The run is named by ``run_name``."""
     path = resolve_path(path)
     raw = load_yaml(path)
     study = raw.get("study", path.parent.name)
@@ -146,13 +146,24 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
     unknown = set(ov) - set(SECTIONS) - {"seed", "device"}
     if unknown:
         raise ParamsError(f"overrides: unknown key(s) {sorted(unknown)}; allowed: {[*SECTIONS, 'seed', 'device']}")
-    params = {"study": study, "run": f"{path.stem}-{params_hash(ov, 6)}" if ov else path.stem,
+    params = {"study": study, "run": run_name(path, study, ov),
               "seed": ov.get("seed", raw.get("seed", 0)), "device": ov.get("device", raw.get("device", "cpu"))}
     for section in SECTIONS:
         params[section] = deep_merge(raw.get(section) or {}, ov.get(section) or {})
     _absolute_paths(params)
     configure(**params)  # raises ParamsError on any unknown/mistyped/impossible value
     return params
+
+
+def run_name(path: Path, study: str, overrides: dict | None = None) -> str:
+    """A run's name, which is its folder: the file's stem for a file in ``params/<study>/``,
+    else the stem and a hash of the file's absolute path (two files of one name in different
+    folders never share a run folder); overrides add a hash of themselves."""
+    path = Path(path).resolve()
+    name = path.stem
+    if path.parent != (ROOT / "params" / study).resolve():
+        name += "-" + hashlib.sha256(str(path).encode()).hexdigest()[:6]
+    return f"{name}-{params_hash(overrides, 6)}" if overrides else name
 
 
 def path_base() -> Path:
