@@ -111,6 +111,8 @@ def machine() -> dict:
         import torch
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
         info["torch_threads"] = torch.get_num_threads()
+        # torch picks its CPU kernels by instruction set: float results differ across kinds
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:  # pragma: no cover
         pass
     return info
