@@ -289,3 +289,43 @@ def test_two_params_files_of_one_name_never_share_a_run_folder(tmp_path, capsys)
     kinds = [json.loads((r.dir / "metrics.json").read_text())["config"]["model"]["kind"] for r in (run_a, run_b)]
     assert kinds == ["popularity", "random"]
     assert runs.run_parameters(ROOT / "params/movielens/baseline_ease.yaml")["run"] == "baseline_ease"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sections,match", [
+    ({"model": {"kind": "ease", "params": {"l2": -5}}}, r"model.params for 'ease': l2 must be > 0"),
+    ({"model": {"kind": "itemknn", "select_on_validation": {"k": [50, 0]}}}, r"select_on_validation.k = 0"),
+    ({"train": {"threads": 0}}, "train.threads must be >= 1"),
+    ({"evaluate": {"bootstrap": 0}}, "evaluate.bootstrap must be >= 20"),
+    ({"evaluate": {"latency_repeats": 0}}, "evaluate.latency_repeats must be >= 1"),
+    ({"evaluate": {"diversity_k": 0}}, "evaluate.diversity_k must be in 2..top_k"),
+    ({"train": {"positive_min_rating": 9}}, "train.positive_min_rating must be in 0..5"),
+])
+def test_impossible_values_fail_at_check_time(sections, match):
+    with pytest.raises(ParamsError, match=match):
+        runs.configure(**sections)
+
+
+@pytest.mark.unit
+def test_a_protocol_that_leaves_nothing_is_a_data_error(tmp_path):
+    from lib.movielens import data
+    src = data.write_synthetic_ml1m(tmp_path / "syn", n_users=40, n_items=30, n_ratings=600, seed=0)
+    raw = data.parse_ml1m(src, verify=False)
+    with pytest.raises(data.DataError, match="no ratings left after the 100000-core filter"):
+        data.prepare(raw, min_count=100_000)
+    with pytest.raises(data.DataError, match=r"leaves \['val'\] empty"):
+        data.prepare(raw, fractions=(0.9995, 0.0001, 0.0004))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text,match", [
+    ("train: {max_epochs: null}\n", "train.max_epochs' must not be null"),
+    ("data: {split: null}\n", "data.split' must not be null"),
+])
+def test_null_where_a_value_is_needed_is_an_error(tmp_path, text, match):
+    f = tmp_path / "movielens" / "null.yaml"
+    f.parent.mkdir()
+    f.write_text(text)
+    with pytest.raises(ParamsError, match=match):
+        runs.run_parameters(f)
+    assert runs.configure(study="wikiseq", data={"n_train": None}).cfg["data"]["n_train"] is None

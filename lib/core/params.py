@@ -79,9 +79,11 @@ def _type_ok(value: Any, default: Any) -> bool:
 # Keys whose value is a free-form mapping (e.g. a baseline's hyperparameters, checked by
 # the model's own constructor) are listed by dotted path in OPEN_KEYS of a study.
 def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
-                  open_keys: frozenset[str] = frozenset(), renamed: Mapping[str, str] | None = None) -> dict:
+                  open_keys: frozenset[str] = frozenset(), renamed: Mapping[str, str] | None = None,
+                  nullable: frozenset[str] = frozenset()) -> dict:
     """Deep-merge ``given`` onto ``defaults``; unknown keys and wrong types raise (a key in
-    ``renamed``, old dotted name -> new, says what it is called now)."""
+    ``renamed``, old dotted name -> new, says what it is called now). ``null`` is a value only
+    where the default is None or the dotted key is in ``nullable``."""
     out = copy.deepcopy(dict(defaults))
     for key, value in (given or {}).items():
         path = f"{where}.{key}" if where else str(key)
@@ -99,8 +101,10 @@ def merge_checked(defaults: Mapping, given: Mapping, where: str = "",
         if isinstance(default, dict) and default:
             if not isinstance(value, dict):
                 raise ParamsError(f"params key '{path}' must be a mapping, got {value!r}")
-            out[key] = merge_checked(default, value, path, open_keys, renamed)
+            out[key] = merge_checked(default, value, path, open_keys, renamed, nullable)
             continue
+        if value is None and default is not None and path not in nullable:
+            raise ParamsError(f"params key '{path}' must not be null (its default is {default!r})")
         if not _type_ok(value, default):
             hint = ""
             if isinstance(default, (int, float)) and isinstance(value, str) and _is_number(value):

@@ -101,7 +101,7 @@ def configure(study: str = "movielens", run: str = "smoke", data: dict | None = 
     given = {"data": data or {}, "model": model or {}, "loss": loss or {}, "train": train or {},
              "evaluate": evaluate or {}}
     cfg = merge_checked(mod.DEFAULTS, given, open_keys=getattr(mod, "OPEN_KEYS", frozenset()),
-                        renamed=getattr(mod, "RENAMED_KEYS", None))
+                        renamed=getattr(mod, "RENAMED_KEYS", None), nullable=getattr(mod, "NULLABLE_KEYS", frozenset()))
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ParamsError(f"seed must be an integer >= 0, got {seed!r}")
     if device not in DEVICES:

@@ -10,7 +10,8 @@ A study's ``steps`` module provides:
 - ``KEY_CODE``: the source files whose change invalidates cached results;
 - ``TRAIN_EVALUATE_KEYS``: the ``evaluate`` keys training depends on (per-epoch evaluation);
 - optionally ``data_key_extra(cfg)``: what else prepared data depends on (a mapping);
-- optionally ``RENAMED_KEYS``: old dotted params key -> its new name;
+- optionally ``RENAMED_KEYS``: old dotted params key -> its new name; ``NULLABLE_KEYS``:
+  dotted keys that take ``null`` although their default is not None;
 - ``validate(cfg)``: raise ``ParamsError`` on an impossible value;
 - ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
 Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to

@@ -396,7 +396,13 @@ def prepare(raw: RawData, min_count: int = 5, fractions=(0.8, 0.1, 0.1)) -> Prep
     # Stable sort: ratings with equal timestamps keep file order, so the split is reproducible.
     df = df.sort_values("timestamp", kind="stable")[["user", "item", "rating", "timestamp"]]
     df = df.reset_index(drop=True).astype(np.int64)
+    if df.empty:
+        raise DataError(f"no ratings left after the {min_count}-core filter of {raw.name} "
+                        f"({len(raw.ratings):,} ratings before): lower data.min_count")
     s_train, s_val, s_test = time_split(len(df), fractions)
+    empty = [name for name, part in zip(("train", "val", "test"), (s_train, s_val, s_test)) if part.stop <= part.start]
+    if empty:
+        raise DataError(f"the split {list(fractions)} of {len(df):,} ratings leaves {empty} empty: change data.split")
 
     users = raw.users.set_index("user_id").reindex(user_ids)
     items = raw.items.set_index("item_id").reindex(item_ids)

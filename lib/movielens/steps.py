@@ -117,18 +117,24 @@ def validate(cfg: dict) -> None:
     require(0 < t["target_fraction"] < 1 and t["user_batch_size"] >= 1, "train.target_fraction in (0, 1), user_batch_size >= 1")
     require(set(e["splits"]) <= {"val", "test"} and e["splits"], "evaluate.splits: a subset of [val, test]")
     require(e["top_k"] >= max(KS), f"evaluate.top_k must be >= {max(KS)}")
+    require(t["threads"] >= 1, f"train.threads must be >= 1, got {t['threads']}")
+    require(0 <= t["positive_min_rating"] <= 5, f"train.positive_min_rating must be in 0..5, got {t['positive_min_rating']}")
+    require(e["bootstrap"] >= 20, f"evaluate.bootstrap must be >= 20 resamples, got {e['bootstrap']}")
+    require(e["latency_repeats"] >= 1, f"evaluate.latency_repeats must be >= 1, got {e['latency_repeats']}")
+    require(2 <= e["diversity_k"] <= e["top_k"], f"evaluate.diversity_k must be in 2..top_k, got {e['diversity_k']}")
     if m["kind"] != "two_tower":
         cls = baselines.BASELINES[m["kind"]]
         try:
             cls(**m["params"])
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ParamsError(f"model.params for '{m['kind']}': {exc}") from exc
         for key, cands in m["select_on_validation"].items():
             require(isinstance(cands, list) and cands, f"model.select_on_validation.{key}: a non-empty list")
-            try:
-                cls(**{**m["params"], key: cands[0]})
-            except TypeError as exc:
-                raise ParamsError(f"model.select_on_validation for '{m['kind']}': {exc}") from exc
+            for value in cands:
+                try:
+                    cls(**{**m["params"], key: value})
+                except (TypeError, ValueError) as exc:
+                    raise ParamsError(f"model.select_on_validation.{key} = {value!r} for '{m['kind']}': {exc}") from exc
 
 
 def data_key_extra(cfg: dict) -> dict:

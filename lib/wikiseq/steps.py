@@ -81,6 +81,7 @@ DEFAULTS = {
     },
 }
 OPEN_KEYS: frozenset = frozenset()
+NULLABLE_KEYS = frozenset({"data.n_train", "data.n_val"})  # null = every window (keys defaulting to None are too)
 # Keys renamed when the studies took one vocabulary (old -> new; all at once: the old
 # train.max_epochs, a cap, is now train.epoch_cap, and the old train.epochs is max_epochs).
 # An old key in a params file is an error that names the new one; reports rendered from
