@@ -329,3 +329,12 @@ def test_null_where_a_value_is_needed_is_an_error(tmp_path, text, match):
     with pytest.raises(ParamsError, match=match):
         runs.run_parameters(f)
     assert runs.configure(study="wikiseq", data={"n_train": None}).cfg["data"]["n_train"] is None
+
+
+@pytest.mark.unit
+def test_a_hard_negative_pool_larger_than_the_catalog_is_named(synthetic_data):
+    from lib.movielens import steps
+    from lib.movielens.train import Trainer
+    loss = dict(steps.DEFAULTS["loss"], num_hard_negatives=4, hard_negative_pool=100_000)
+    with pytest.raises(ParamsError, match=r"hard_negative_pool \(100000\) is larger than the catalog \(\d+ items\)"):
+        Trainer(synthetic_data, steps.DEFAULTS["model"], loss, steps.DEFAULTS["train"], seed=0)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.device import pick_device
+from ..core.params import ParamsError
 from . import losses
 from .data import PreparedData
 from .towers import ItemTower, TwoTower, UserTower
@@ -373,6 +374,9 @@ class Trainer:
                  seed: int, device: str = "cpu"):
         self.data, self.loss_cfg, self.train_cfg, self.seed = data, loss_cfg, train_cfg, seed
         self.device = pick_device(device)
+        if loss_cfg["num_hard_negatives"] > 0 and loss_cfg["hard_negative_pool"] > data.n_items:
+            raise ParamsError(f"loss.hard_negative_pool ({loss_cfg['hard_negative_pool']}) is larger than the "
+                              f"catalog ({data.n_items} items)")
         seed_everything(seed)
         self.model = build_model(data, model_cfg).to(self.device)
         self.rng = np.random.default_rng(seed)                   # batch order, negatives, target splits
