@@ -134,7 +134,7 @@ def _spawn(item, force: bool, html: bool) -> subprocess.Popen:
     """One run in its own process (and process group, so that Ctrl-C reaches only us and we
     stop it), its output in a temporary file."""
     path, overrides = _split(item)
-    cmd = [sys.executable, "-m", "lib.run", str(path), "--log-to-run-dir"]
+    cmd = [sys.executable, "-m", "lib.run", str(Path(path).resolve()), "--log-to-run-dir"]  # it runs in ROOT
     if overrides:
         cmd += ["--overrides", json.dumps(overrides)]
     cmd += ["--force"] * force + ["--html"] * html
