@@ -134,13 +134,14 @@ def _spawn(item, force: bool, html: bool) -> subprocess.Popen:
     """One run in its own process (and process group, so that Ctrl-C reaches only us and we
     stop it), its output in a temporary file."""
     path, overrides = _split(item)
-    cmd = [sys.executable, "-m", "lib.run", str(Path(path).resolve()), "--log-to-run-dir"]  # it runs in ROOT
+    cmd = [sys.executable, "-m", "lib.run", str(Path(path).resolve()), "--log-to-run-dir"]
     if overrides:
         cmd += ["--overrides", json.dumps(overrides)]
     cmd += ["--force"] * force + ["--html"] * html
     out = tempfile.TemporaryFile(mode="w+")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+    # in the user's folder (relative paths in params mean it), lib importable from ROOT
+    proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     proc.output_file = out
     return proc
