@@ -112,3 +112,19 @@ def test_no_arguments_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lib.run"], cwd=ROOT, env=_env(tmp_path), capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "give params files" in proc.stderr
+
+
+@pytest.mark.unit
+def test_report_validates_every_run_then_renders_the_report_file_it_was_given(monkeypatch):
+    """runner.report: every listed run is validated and executed, then notebook 04 gets
+    the report file itself (not one of its runs) and no overrides."""
+    from lib.core import notebooks
+    ran, rendered = [], []
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: ran.extend(items))
+    monkeypatch.setattr(notebooks, "execute", lambda nb, params, out_dir, log=None, html=False:
+                        rendered.append((nb, params)))
+    report_file = ROOT / "params/movielens/report.yaml"
+    runner.report(report_file)
+    assert len(ran) == 50  # 43 run files + 7 variants on ML-100K
+    assert rendered == [("04_compare.ipynb", {"study": "movielens", "report_file": str(report_file.resolve()),
+                                              "output": None, "run_overrides": {}})]

@@ -194,11 +194,11 @@ def report(path: str | Path, output: str | None = None, force: bool = False, job
     run_files = [ROOT / p for p in rcfg["runs"]] + [(ROOT / p, ov) for p, ov in rcfg.get("derived_runs", [])]
     names = {}
     for item in run_files:  # validate everything before executing anything
-        path, ov = _split(item)
-        name = run_parameters(path, ov)["run"]
-        if name in names and names[name] != (Path(path).resolve(), ov):
-            raise ParamsError(f"{path} and {names[name][0]} would share the run folder '{name}'")
-        names[name] = (Path(path).resolve(), ov)
+        run_file, ov = _split(item)
+        name = run_parameters(run_file, ov)["run"]
+        if name in names and names[name] != (Path(run_file).resolve(), ov):
+            raise ParamsError(f"{run_file} and {names[name][0]} would share the run folder '{name}'")
+        names[name] = (Path(run_file).resolve(), ov)
     run_many(run_files, jobs=jobs, force=force, html=html)
     params = {"study": study, "report_file": str(path.resolve()), "output": output, "run_overrides": {}}
     notebooks.execute(notebooks.REPORT_NOTEBOOK, params, build_root() / study / "report", html=html)
