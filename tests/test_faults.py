@@ -266,11 +266,14 @@ def test_prepared_data_follows_the_files_when_checksums_are_off(tmp_path):
     folder.mkdir()
     (folder / "u.data").write_text("1\t1\t5\t100\n")
     sections = {"data": {"dataset": "ml-100k", "path": str(folder), "verify_checksums": False}}
-    first = runs.configure(**sections).data_key
-    assert runs.configure(**sections).data_key == first
+    before = runs.configure(**sections)
+    keys = (before.data_key, before.train_key, before.metrics_key)
+    assert (runs.configure(**sections).data_key, runs.configure(**sections).train_key) == keys[:2]
     (folder / "u.data").write_text("1\t1\t4\t100\n")
     os.utime(folder / "u.data", ns=(1, 1))
-    assert runs.configure(**sections).data_key != first
+    after = runs.configure(**sections)
+    # the data, and what is built on it (the model, the metrics), are not reused
+    assert all(a != b for a, b in zip((after.data_key, after.train_key, after.metrics_key), keys))
 
 
 @pytest.mark.unit

@@ -76,15 +76,16 @@ class Run:
 
     @property
     def train_key(self) -> str:
-        """Changes with the params a model depends on and with the code."""
+        """Changes with the params a model depends on, the prepared data (its key) and the code."""
         extra = {k: self.cfg["evaluate"][k] for k in getattr(self.steps, "TRAIN_EVALUATE_KEYS", ())}
-        return params_hash({"cfg": {k: self.cfg[k] for k in ("data", "model", "loss", "train", "seed")},
-                            "evaluate": extra, "code": code_version(self.study)})
+        return params_hash({"cfg": {k: self.cfg[k] for k in ("model", "loss", "train", "seed")},
+                            "data": self.data_key, "evaluate": extra, "code": code_version(self.study)})
 
     @property
     def metrics_key(self) -> str:
-        """Changes with any params value (evaluation settings and device included) and the code."""
-        return params_hash({"cfg": self.cfg, "code": code_version(self.study)})
+        """Changes with any params value (evaluation settings and device included), with the
+        model (its train key, which follows the prepared data) and the code."""
+        return params_hash({"cfg": self.cfg, "train": self.train_key, "code": code_version(self.study)})
 
     def is_up_to_date(self) -> bool:
         """Whether the run's evaluation exists for these params and this code."""
