@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .core import notebooks, runner
 from .core.params import ParamsError, load_yaml
-from .core.runs import BUILD_ENV, run_parameters
+from .core.runs import BUILD_ENV, report_runs, run_parameters
 
 DATA_ROOT_ENV = "TWOTOWER_DATA_ROOT"  # read by the studies' loaders
 
@@ -34,9 +34,7 @@ def check(paths: list[str]) -> int:
     for p in paths:
         try:
             if "report" in load_yaml(p):
-                _, rcfg = runner.read_report_file(p)
-                for item in rcfg["runs"] + [tuple(x) for x in rcfg.get("derived_runs", [])]:
-                    run_parameters(*(item if isinstance(item, tuple) else (item,)))
+                report_runs(p)
             else:
                 run_parameters(p)
             print(f"ok: {p}")
@@ -75,7 +73,8 @@ def main(argv=None) -> int:
         if os.environ.get(var) and not Path(os.environ[var]).expanduser().is_absolute():
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
     try:
-        notebooks.check_notebooks()
+        if not args.log_to_run_dir:  # the parent that started this run checked them
+            notebooks.check_notebooks()
         if args.check:
             return check(args.params + ([args.report] if args.report else []))
         if args.log_to_run_dir or args.overrides:

@@ -6,8 +6,8 @@ from pathlib import Path
 from types import ModuleType
 
 from . import studies
-from .params import ParamsError, load_yaml
-from .runs import Run, configure, run_from_file
+from .params import ParamsError
+from .runs import Run, configure, read_report_file, resolve_path, run_from_file
 
 
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -62,13 +62,9 @@ def render_report(study: str, report_file: str, output: str | None = None,
                   run_overrides: dict | None = None) -> dict:
     """Render the report a report file describes; ``run_overrides`` (smoke renders) are
     merged into every run it gathers."""
-    path = Path(report_file)
-    raw = load_yaml(path)
-    unknown = set(raw) - {"study", "report"}
-    if unknown:
-        raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['study', 'report']")
-    mod = studies.report(raw.get("study", study))
-    rcfg = mod.report_config(raw["report"])
+    path = resolve_path(report_file)
+    study, rcfg = read_report_file(path, study)
+    mod = studies.report(study)
     if output:
         rcfg["output"] = str(output)
     rcfg["run_overrides"] = run_overrides or {}

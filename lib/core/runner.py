@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import notebooks, studies
-from .params import ParamsError, load_yaml
-from .runs import ROOT, build_root, configure, run_parameters
+from . import notebooks
+from .params import load_yaml
+from .runs import ROOT, build_root, configure, report_runs, run_parameters
 
 # printed by every kernel papermill starts; says nothing about the run
 _NOISE = ("Kernel is running over TCP without encryption",)
@@ -171,34 +171,12 @@ def _stop(running: dict, grace: float = 10.0) -> None:
     print(f"interrupted: stopped {len(running)} running run(s); completed runs stay cached", flush=True)
 
 
-def read_report_file(path: str | Path) -> tuple[str, dict]:
-    """A report file's study and its validated ``report`` section (the study's
-    ``report_config``, with ``runs`` and ``derived_runs``)."""
-    path = Path(path)
-    raw = load_yaml(path)
-    unknown = set(raw) - {"study", "report"}
-    if unknown:
-        raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['study', 'report']")
-    if not raw.get("report"):
-        raise ParamsError(f"{path}: a report file needs a 'report' section")
-    study = raw.get("study", path.parent.name)
-    return study, studies.report(study).report_config(raw["report"])
-
-
 def report(path: str | Path, output: str | None = None, force: bool = False, jobs: int = 1,
            html: bool = False) -> None:
     """Execute every run a report file lists (validated first), then notebook 04."""
     path = Path(path)
-    study, rcfg = read_report_file(path)
+    study, _, run_items = report_runs(path)
     notebooks.check_notebooks()
-    run_files = [ROOT / p for p in rcfg["runs"]] + [(ROOT / p, ov) for p, ov in rcfg.get("derived_runs", [])]
-    names = {}
-    for item in run_files:  # validate everything before executing anything
-        run_file, ov = _split(item)
-        name = run_parameters(run_file, ov)["run"]
-        if name in names and names[name] != (Path(run_file).resolve(), ov):
-            raise ParamsError(f"{run_file} and {names[name][0]} would share the run folder '{name}'")
-        names[name] = (Path(run_file).resolve(), ov)
-    run_many(run_files, jobs=jobs, force=force, html=html)
+    run_many(run_items, jobs=jobs, force=force, html=html)
     params = {"study": study, "report_file": str(path.resolve()), "output": output, "run_overrides": {}}
     notebooks.execute(notebooks.REPORT_NOTEBOOK, params, build_root() / study / "report", html=html)

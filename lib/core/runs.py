@@ -190,3 +190,36 @@ def _absolute_paths(params: dict) -> None:
 def run_from_file(path: str | Path, overrides: dict | None = None) -> Run:
     """The ``Run`` of a params file (plus overrides), as ``python -m lib.run`` runs it."""
     return configure(**run_parameters(path, overrides))
+
+
+def read_report_file(path: str | Path, study: str | None = None) -> tuple[str, dict]:
+    """A report file's study (its ``study:`` key, else ``study``, else its folder's name)
+    and its validated ``report`` section (the study's ``report_config``, with ``runs`` and
+    ``derived_runs``)."""
+    path = resolve_path(path)
+    raw = load_yaml(path)
+    unknown = set(raw) - {"study", "report"}
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['study', 'report']")
+    if not raw.get("report"):
+        raise ParamsError(f"{path}: a report file needs a 'report' section")
+    study = raw.get("study") or study or path.parent.name
+    if study not in studies.STUDIES:
+        raise ParamsError(f"{path}: unknown study '{study}'; known: {list(studies.STUDIES)}")
+    return study, studies.report(study).report_config(raw["report"])
+
+
+def report_runs(path: str | Path) -> tuple[str, dict, list]:
+    """A report file's study, its config and the runs it executes (params files and
+    ``(file, overrides)`` pairs), every one validated; two runs that would share one run
+    folder are an error."""
+    study, rcfg = read_report_file(path)
+    items = [ROOT / p for p in rcfg["runs"]] + [(ROOT / p, ov) for p, ov in rcfg.get("derived_runs", [])]
+    names = {}
+    for item in items:
+        run_file, ov = item if isinstance(item, tuple) else (item, None)
+        name = run_parameters(run_file, ov)["run"]
+        if name in names and names[name] != (Path(run_file).resolve(), ov):
+            raise ParamsError(f"{run_file} and {names[name][0]} would share the run folder '{name}'")
+        names[name] = (Path(run_file).resolve(), ov)
+    return study, rcfg, items
