@@ -1,6 +1,7 @@
 """Files that are complete or absent: atomic writes (temp file in the same folder, then
 ``os.replace``), a complete-or-absent folder, an exclusive lock per cache entry, and
 content hashes. Every write of a cached artifact, a report or a figure goes through here.
+``DataError`` is the error of a data file that is missing or not what it claims to be.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt, or not what it claims to be (the message names it)."""
 
 
 def _json_default(o):
