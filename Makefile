@@ -22,7 +22,7 @@ endif
 export TWOTOWER_REPORT_START
 
 .PHONY: setup test unit integration e2e notebooks sync-notebooks report report-movielens report-wikiseq \
-        report-wikiseq-quick bench bench-wikiseq clean strip
+        report-wikiseq-quick example bench bench-wikiseq clean strip
 
 setup: $(VENV)/.installed
 
@@ -54,7 +54,20 @@ notebooks: setup
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/0*.py
 
+# `make report` regenerates the committed reports; `make report REPORT=params/<name>/report.yaml`
+# runs one report file instead (e.g. a report on your own data: README, "Your data").
+ifdef REPORT
+report: setup
+	$(PY) -m lib.run --report $(REPORT) --jobs $(JOBS) $(HTML_FLAG)
+else
 report: report-movielens report-wikiseq
+endif
+
+# The "Your data" example: a generated interactions log (data/example/, git-ignored) and its
+# report, reports/example.md.
+example: setup
+	$(PY) -m lib.movielens.example data/example
+	$(PY) -m lib.run --report params/example/report.yaml --jobs $(JOBS) $(HTML_FLAG)
 
 # The report states these results. tests/test_reports_fresh.py is left out here: it checks
 # that the committed reports match the params files, i.e. the very report being regenerated.

@@ -3,6 +3,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -94,4 +95,70 @@ def test_synthetic_roundtrip(tmp_path, synthetic_data):
     back = prepared.PreparedData.load(tmp_path)
     assert back.n_items == synthetic_data.n_items
     assert back.train.equals(synthetic_data.train)
-    np.testing.assert_array_equal(back.item_genres, synthetic_data.item_genres)
+    for side in ("user_features", "item_features"):
+        for got, want in zip(getattr(back, side), getattr(synthetic_data, side), strict=True):
+            assert (got.name, got.spec, got.vocabulary) == (want.name, want.spec, want.vocabulary)
+            for a, b in ((got.codes, want.codes), (got.values, want.values)):
+                np.testing.assert_array_equal(a, b)
+            if want.tokens is not None:
+                assert (got.tokens != want.tokens).nnz == 0
+    assert back.item_labels == synthetic_data.item_labels
+
+
+def _toy_raw(n_users=30, n_items=12, per_user=9, seed=0):
+    """Every user rates ``per_user`` distinct items at increasing times."""
+    rng = np.random.default_rng(seed)
+    rows = [(u, int(i), 5, 1_000_000 + u * 10 + k * 100_000 + int(rng.integers(0, 5)))
+            for u in range(n_users) for k, i in enumerate(rng.choice(n_items, per_user, replace=False))]
+    ratings = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    return movielens.RawData("toy", ratings, None, None, {}, {}, {})
+
+
+def test_leave_last_n_is_per_user():
+    raw = _toy_raw()
+    data = prepared.prepare(raw, min_count=1, leave_last=2)
+    assert data.meta["protocol"].startswith("per-user temporal leave-last-2")
+    for split, n in (("train", 5), ("val", 2), ("test", 2)):
+        assert (getattr(data, split).groupby("user").size() == n).all()
+    # each user's test interactions are their latest, validation the two before
+    for u, part in data.test.groupby("user"):
+        assert part["timestamp"].min() > data.val[data.val["user"] == u]["timestamp"].max()
+        assert data.val[data.val["user"] == u]["timestamp"].min() > data.train[data.train["user"] == u]["timestamp"].max()
+
+
+def test_users_with_too_few_interactions_stay_in_training_under_leave_last():
+    raw = _toy_raw(per_user=4)  # 4 <= 2 * 2: nobody can give two to test and two to validation
+    with pytest.raises(DataError, match="data.leave_last: 2 .* leaves \\['val', 'test'\\] empty"):
+        prepared.prepare(raw, min_count=1, leave_last=2)
+
+
+def test_split_by_dates():
+    raw = _toy_raw()
+    data = prepared.prepare(raw, min_count=1, split_dates=["1970-01-20", "1970-01-21"])
+    # 1970-01-20 is 1,641,600 s, 1970-01-21 1,728,000 s; interaction k of a user sits at
+    # 1e6 + k * 1e5 (+ < 300 s): k <= 6 train, k = 7 val, k = 8 test
+    assert [len(data.train), len(data.val), len(data.test)] == [30 * 7, 30, 30]
+    assert data.meta["protocol"] == "global temporal split by date (validation from 1970-01-20, test from 1970-01-21)"
+
+
+def test_a_log_without_ratings_counts_every_interaction_as_positive():
+    raw = _toy_raw()
+    raw.ratings["rating"] = 1.0
+    raw.has_rating = False
+    data = prepared.prepare(raw, min_count=1)
+    assert data.matrix("test", min_rating=4).nnz == len(data.test)
+
+
+def test_a_repeat_of_a_training_pair_is_not_a_test_positive():
+    """With data.duplicates: all a pair can be in training and in test; it is never ranked
+    (seen), so counting it as relevant would cap recall below 1 for every model."""
+    from lib.movielens import evaluate
+    raw = _toy_raw()
+    first = raw.ratings.sort_values("timestamp").groupby("user_id").head(1)  # each user's first item ...
+    again = first.assign(timestamp=first["timestamp"] + 10_000_000)        # ... again, after everything
+    raw.ratings = pd.concat([raw.ratings, again], ignore_index=True)
+    data = prepared.prepare(raw, min_count=1, leave_last=1)
+    truth, users = evaluate.ground_truth(data, {"data": {"test_min_rating": 1}}, "test")
+    assert len(data.test) == 30 and truth.nnz == 0 and len(users) == 0
+    val_truth, _ = evaluate.ground_truth(data, {"data": {"test_min_rating": 1}}, "val")
+    assert val_truth.nnz == 30  # the items before them are new

@@ -22,7 +22,7 @@ def test_example_user_top10_matches_the_stored_evaluation(run):
     data = steps.load_data(run)
     user = int(np.flatnonzero(data.user_ids == int(out["user"].split()[1].rstrip(":")))[0])
     top = out["top-10"]
-    seen_titles = {data.item_titles[i] for i in data.matrix("train")[user].indices}
+    seen_titles = {data.item_labels[i] for i in data.matrix("train")[user].indices}
     assert len(top) == 10 and not set(top["title"]) & seen_titles  # training items never recommended
     truth, _ = evaluation.ground_truth(data, run.cfg, "test")
     z = np.load(run.dir / "per_user.npz")

@@ -174,17 +174,21 @@ def path_base() -> Path:
     return ROOT if cwd == (ROOT / "notebooks").resolve() else cwd
 
 
-PATH_KEYS = ("data.path",)  # params keys that name a file or folder, in every study
+PATH_KEYS = ("data.path",)  # params keys that name a file or folder, in every study (a study adds its own)
 
 
 def _absolute_paths(params: dict) -> None:
-    """Resolve relative paths (``PATH_KEYS``) once, here, before any notebook kernel (which
-    runs in another folder) reads them."""
-    for dotted in PATH_KEYS:
-        section, key = dotted.split(".")
-        value = params[section].get(key)
+    """Resolve relative paths (``PATH_KEYS`` and the study's) once, here, before any notebook
+    kernel (which runs in another folder) reads them."""
+    keys = dict.fromkeys((*PATH_KEYS, *getattr(studies.steps(params["study"]), "PATH_KEYS", ())))
+    for dotted in keys:
+        *parents, key = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(key) if isinstance(node, dict) else None
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            params[section][key] = str(path_base() / value)
+            node[key] = str(path_base() / value)
 
 
 def run_from_file(path: str | Path, overrides: dict | None = None) -> Run:
@@ -195,9 +199,18 @@ def run_from_file(path: str | Path, overrides: dict | None = None) -> Run:
 def read_report_file(path: str | Path, study: str | None = None) -> tuple[str, dict]:
     """A report file's study (its ``study:`` key, else ``study``, else its folder's name)
     and its validated ``report`` section (the study's ``report_config``, with ``runs`` and
-    ``derived_runs``)."""
+    ``derived_runs``). A file with a ``data`` section is a report on that dataset (the
+    study's ``dataset_report_config``; the study defaults to ``studies.DATASET_STUDY``)."""
     path = resolve_path(path)
     raw = load_yaml(path)
+    if "data" in raw:  # a report on one dataset: a study's standard models on this data section
+        in_folder = path.parent.name if path.parent.name in studies.STUDIES else None
+        study = raw.get("study") or study or in_folder or studies.DATASET_STUDY
+        mod = studies.report(study)
+        if not hasattr(mod, "dataset_report_config"):
+            raise ParamsError(f"{path}: study '{study}' has no dataset reports (a 'data' section); "
+                              f"'{studies.DATASET_STUDY}' has")
+        return study, mod.dataset_report_config(raw, path)
     unknown = set(raw) - {"study", "report"}
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: ['study', 'report']")

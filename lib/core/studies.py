@@ -15,7 +15,8 @@ A study's ``steps`` module provides:
 - ``validate(cfg)``: raise ``ParamsError`` on an impossible value;
 - ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
 Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to
-execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``.
+execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``;
+optionally ``dataset_report_config(raw, path)`` for report files with a ``data`` section.
 Its ``views`` module is what the notebooks show of a run, each function taking a ``Run``
 and returning named results for ``lib.core.pipeline.show``: ``data_overview``,
 ``model_overview``, ``training_batch``, ``training_curves``, ``metrics_overview``,
@@ -29,6 +30,9 @@ from types import ModuleType
 from .params import ParamsError
 
 STUDIES = ("movielens", "wikiseq")
+# The study a report on a user's own data runs (params/<name>/report.yaml with a data section):
+# the evaluation of two-tower retrievers against baselines on an interactions log.
+DATASET_STUDY = "movielens"
 
 
 def _module(study: str, part: str) -> ModuleType:

@@ -298,13 +298,22 @@ class EASE(_Base):
 
     name = "ease"
 
-    def __init__(self, l2: float = 500.0):
+    def __init__(self, l2: float = 500.0, max_items: int = 30_000):
         super().__init__()
         if not l2 > 0:
             raise ValueError("l2 must be > 0")
+        if not (isinstance(max_items, int) and max_items >= 1):
+            raise ValueError("max_items must be an integer >= 1")
         self.l2 = float(l2)
+        self.max_items = max_items
 
     def fit(self, train_matrix, train_df: pd.DataFrame | None = None) -> "EASE":
+        n_items = train_matrix.shape[1]
+        if n_items > self.max_items:  # G and its inverse are dense n_items^2 float64 matrices
+            raise ValueError(f"EASE on {n_items:,} items needs two dense {n_items:,} x {n_items:,} float64 matrices "
+                             f"({2 * 8 * n_items ** 2 / 2 ** 30:.1f} GiB); it refuses above model.params.max_items = "
+                             f"{self.max_items:,}: raise it if the memory is there, or leave EASE out (models: in the "
+                             f"report file)")
         X = self._setup(train_matrix)
         self._X = X
         G = (X.T @ X).toarray().astype(np.float64)

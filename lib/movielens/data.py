@@ -1,9 +1,14 @@
-"""MovieLens data: the raw files and the evaluation protocol.
+"""The study's data: MovieLens or a user's interaction log, and the evaluation protocol.
 
-Loading: a directory laid out like the extracted official archive, the official zip
-(downloaded with its checksum verified), or small generated data in the same format for
-tests and smoke runs. Protocol: k-core filter, global time split, dense indices, features,
-saved as one ``.npz`` + ``meta.json`` so later steps load it in milliseconds.
+Loading: MovieLens from a directory laid out like the extracted official archive, the
+official zip (downloaded with its checksum verified), or small generated data in the same
+format for tests and smoke runs; or (``data.dataset: interactions``) a user's log and
+feature tables, read by ``lib.movielens.interactions``. Both become one ``RawData``:
+interactions plus feature tables described by the schema of ``lib.movielens.features``
+(MovieLens is one configuration of it, ``movielens_schema``). Protocol: k-core filter, a
+time split (global by fractions, the reference, or by dates; or per-user leave-last-N),
+dense indices, encoded features, saved as one ``.npz`` + ``meta.json`` so later steps load
+it in milliseconds.
 
 Every file read from a real dataset is checked against the official sha256 (the values
 pinned in PROVENANCE.md); a missing or corrupt file raises ``DataError`` naming it.
@@ -27,11 +32,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..core.files import atomic_folder, file_lock
-
-
-class DataError(RuntimeError):
-    """A data file is missing, corrupt, or not what it claims to be."""
+from ..core.files import DataError, atomic_folder, file_lock
+from . import interactions
+from .features import Feature, encode, normalise_schema
 
 
 ML1M_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -62,13 +65,29 @@ DATA_ROOT_ENV = "TWOTOWER_DATA_ROOT"
 
 @dataclass
 class RawData:
-    """Ratings plus side information, ids as in the files."""
+    """Interactions plus side information, ids as in the files (any type)."""
     name: str
-    ratings: pd.DataFrame  # user_id, item_id, rating, timestamp (file order)
-    users: pd.DataFrame    # user_id, gender (0/1), age_group (0..6), occupation (int)
-    items: pd.DataFrame    # item_id, title, year (float, NaN if unknown), genres (list[int])
-    genre_names: list[str]
-    checksums: dict[str, str]  # file name -> sha256 of what was read
+    ratings: pd.DataFrame  # user_id, item_id, rating, timestamp (epoch seconds), in file order
+    users: pd.DataFrame | None   # indexed by user id, one column per user feature (raw values)
+    items: pd.DataFrame | None   # indexed by item id, one column per item feature (raw values)
+    user_schema: dict[str, dict]  # feature name -> spec (lib.movielens.features.normalise_spec)
+    item_schema: dict[str, dict]
+    checksums: dict[str, str]    # file -> sha256 of what was read
+    item_labels: pd.Series | None = None  # item id -> what views show (MovieLens: titles)
+    has_rating: bool = True      # False: a log without ratings, every interaction a positive
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows the loader dropped
+
+
+# MovieLens as one configuration of the feature schema: its loaders map the users and
+# movies files onto these columns. ``fit_on: catalog`` and ``missing: mean`` for the year
+# keep the reference's encoding (standardised over the catalog; one unknown year in
+# ML-100K set to the mean, no flag); the genre vocabulary is the official list, in order.
+def movielens_schema(genre_names: list[str]) -> tuple[dict, dict]:
+    user = {name: {"type": "categorical", "column": None, "vocabulary": None}
+            for name in ("gender", "age_group", "occupation")}
+    item = {"genres": {"type": "multi_categorical", "column": None, "sep": "|", "vocabulary": list(genre_names)},
+            "year": {"type": "numeric", "column": None, "fit_on": "catalog", "missing": "mean"}}
+    return user, item
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -156,11 +175,17 @@ def parse_ml1m(source: Path, verify: bool = True) -> RawData:
         items = pd.read_csv(io.BytesIO(raw), sep="::", engine="python", header=None,
                             names=["item_id", "title", "genres"], encoding="latin-1")
         _check_rows(items, "ml-1m", "movies.dat", verify)
-        gidx = {g: i for i, g in enumerate(ML1M_GENRES)}
-        items["genres"] = items["genres"].str.split("|").map(lambda gs: [gidx[g] for g in gs if g in gidx])
+        known = set(ML1M_GENRES)
+        items["genres"] = items["genres"].str.split("|").map(lambda gs: [g for g in gs if g in known])
         items["year"] = _year_from_title(items["title"])
-    return RawData("ml-1m", ratings, users[["user_id", "gender", "age_group", "occupation"]],
-                   items[["item_id", "title", "year", "genres"]], list(ML1M_GENRES), sums)
+    return _movielens_raw("ml-1m", ratings, users, items, ML1M_GENRES, sums)
+
+
+def _movielens_raw(name, ratings, users, items, genre_names, sums) -> RawData:
+    user_schema, item_schema = movielens_schema(genre_names)
+    items = items.set_index("item_id")
+    return RawData(name, ratings, users.set_index("user_id")[list(user_schema)], items[list(item_schema)],
+                   user_schema, item_schema, sums, item_labels=items["title"].astype(str))
 
 
 ML100K_GENRES = ["unknown"] + ML1M_GENRES
@@ -193,10 +218,9 @@ def parse_ml100k(source: Path, verify: bool = True) -> RawData:
             "item_id": items[0].astype(np.int64),
             "title": items[1].astype(str),
             "year": pd.to_datetime(items[2], format="%d-%b-%Y", errors="coerce").dt.year.astype(float),
-            "genres": [list(np.flatnonzero(row)) for row in flags],
+            "genres": [[ML100K_GENRES[g] for g in np.flatnonzero(row)] for row in flags],
         })
-    return RawData("ml-100k", ratings, users[["user_id", "gender", "age_group", "occupation"]],
-                   items, list(ML100K_GENRES), sums)
+    return _movielens_raw("ml-100k", ratings, users, items, ML100K_GENRES, sums)
 
 
 PARSERS = {"ml-1m": parse_ml1m, "ml-100k": parse_ml100k}
@@ -329,6 +353,48 @@ def time_split(n: int, fractions) -> tuple[slice, slice, slice]:
     return slice(0, a), slice(a, b), slice(b, n)
 
 
+def date_seconds(date: str) -> int:
+    """An ISO date or datetime (naive = UTC) as epoch seconds."""
+    ts = pd.Timestamp(date)
+    return int((ts.tz_localize("UTC") if ts.tzinfo is None else ts).timestamp())
+
+
+def split_masks(df: pd.DataFrame, fractions=(0.8, 0.1, 0.1), split_dates=None,
+                leave_last: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/val/test row masks of a table sorted stably by timestamp. The reference: a
+    global time split by ``fractions`` of the rows; ``split_dates`` ``[val_start,
+    test_start]``: a global split at two cut-off dates; ``leave_last`` N: per user, the
+    last N interactions to test and the N before to validation (users with at most 2N
+    stay in training): a per-user protocol, not comparable with global-split figures."""
+    n = len(df)
+    split = np.zeros(n, np.int8)  # 0 train, 1 val, 2 test
+    if leave_last:
+        from_end = df.groupby("user", sort=False).cumcount(ascending=False).to_numpy()
+        counts = df.groupby("user", sort=False)["user"].transform("size").to_numpy()
+        eligible = counts > 2 * leave_last
+        split[eligible & (from_end < 2 * leave_last)] = 1
+        split[eligible & (from_end < leave_last)] = 2
+    elif split_dates:
+        ts = df["timestamp"].to_numpy()
+        split[ts >= date_seconds(split_dates[0])] = 1
+        split[ts >= date_seconds(split_dates[1])] = 2
+    else:
+        s_train, s_val, s_test = time_split(n, fractions)
+        split[s_val] = 1
+        split[s_test] = 2
+    return split == 0, split == 1, split == 2
+
+
+def protocol_label(fractions=(0.8, 0.1, 0.1), split_dates=None, leave_last: int | None = None) -> str:
+    """The protocol in words, as reports name it in their title block."""
+    if leave_last:
+        return (f"per-user temporal leave-last-{leave_last} (each user's last {leave_last} interactions "
+                f"to test, the {leave_last} before to validation)")
+    if split_dates:
+        return f"global temporal split by date (validation from {split_dates[0]}, test from {split_dates[1]})"
+    return "global temporal split " + "/".join(f"{round(100 * f):g}" for f in fractions)
+
+
 @dataclass
 class PreparedData:
     name: str
@@ -337,21 +403,29 @@ class PreparedData:
     train: pd.DataFrame  # user, item, rating, timestamp (dense indices)
     val: pd.DataFrame
     test: pd.DataFrame
-    user_gender: np.ndarray      # (n_users,)
-    user_age: np.ndarray         # (n_users,) age group index
-    user_occupation: np.ndarray  # (n_users,)
-    item_genres: np.ndarray      # (n_items, n_genres) float32 multi-hot
-    item_year: np.ndarray        # (n_items,) float32, NaN unknown
-    item_titles: list[str]
-    genre_names: list[str]
+    user_features: list[Feature]  # encoded over users 0..n_users-1 (lib.movielens.features)
+    item_features: list[Feature]
+    item_labels: list[str]       # what views show for an item (MovieLens: its title)
     user_ids: np.ndarray         # dense index -> original id
     item_ids: np.ndarray
     meta: dict = field(default_factory=dict)
 
-    def matrix(self, split: str = "train", min_rating: int = 0) -> sp.csr_matrix:
+    @property
+    def has_rating(self) -> bool:
+        return self.meta.get("has_rating", True)
+
+    def rating_threshold(self, min_rating: float) -> float:
+        """``min_rating`` as a filter on this data's ratings: none (every interaction a
+        positive) for a log without a rating column."""
+        return min_rating if self.has_rating else -np.inf
+
+    def item_feature(self, name: str) -> Feature | None:
+        return next((f for f in self.item_features if f.name == name), None)
+
+    def matrix(self, split: str = "train", min_rating: float = 0) -> sp.csr_matrix:
         """Binary (n_users x n_items) CSR of a split's ratings >= ``min_rating``."""
         df = getattr(self, split)
-        df = df[df["rating"] >= min_rating]
+        df = df[df["rating"] >= self.rating_threshold(min_rating)]
         m = sp.csr_matrix((np.ones(len(df), np.float32), (df["user"].to_numpy(), df["item"].to_numpy())),
                           shape=(self.n_users, self.n_items))
         m.sum_duplicates()
@@ -364,13 +438,17 @@ class PreparedData:
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {f"{s}_{c}": getattr(self, s)[c].to_numpy() for s in ("train", "val", "test")
                   for c in ("user", "item", "rating", "timestamp")}
-        arrays.update(user_gender=self.user_gender, user_age=self.user_age,
-                      user_occupation=self.user_occupation, item_genres=self.item_genres,
-                      item_year=self.item_year, user_ids=self.user_ids, item_ids=self.item_ids)
+        for side, feats in (("user", self.user_features), ("item", self.item_features)):
+            for f in feats:
+                arrays.update(f.to_arrays(f"{side}_feature/"))
+        # ids of any type; strings as a fixed-width unicode array (no pickles in the cache)
+        arrays.update(user_ids=_plain_ids(self.user_ids), item_ids=_plain_ids(self.item_ids))
         np.savez_compressed(folder / "prepared.npz", **arrays)
         meta = dict(self.meta, name=self.name, n_users=self.n_users, n_items=self.n_items,
-                    item_titles=self.item_titles, genre_names=self.genre_names)
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+                    item_labels=self.item_labels,
+                    user_features=[f.describe() for f in self.user_features],
+                    item_features=[f.describe() for f in self.item_features])
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
     @classmethod
     def load(cls, folder: Path) -> "PreparedData":
@@ -378,63 +456,84 @@ class PreparedData:
         z = np.load(folder / "prepared.npz")
         frames = {s: pd.DataFrame({c: z[f"{s}_{c}"] for c in ("user", "item", "rating", "timestamp")})
                   for s in ("train", "val", "test")}
-        return cls(name=meta.pop("name"), n_users=meta.pop("n_users"), n_items=meta.pop("n_items"),
-                   item_titles=meta.pop("item_titles"), genre_names=meta.pop("genre_names"),
-                   user_gender=z["user_gender"], user_age=z["user_age"],
-                   user_occupation=z["user_occupation"], item_genres=z["item_genres"],
-                   item_year=z["item_year"], user_ids=z["user_ids"], item_ids=z["item_ids"],
-                   meta=meta, **frames)
+        n_users, n_items = meta.pop("n_users"), meta.pop("n_items")
+        return cls(name=meta.pop("name"), n_users=n_users, n_items=n_items,
+                   item_labels=meta.pop("item_labels"),
+                   user_features=[Feature.from_arrays(d, z, "user_feature/", n_users) for d in meta.pop("user_features")],
+                   item_features=[Feature.from_arrays(d, z, "item_feature/", n_items) for d in meta.pop("item_features")],
+                   user_ids=z["user_ids"], item_ids=z["item_ids"], meta=meta, **frames)
 
 
-def prepare(raw: RawData, min_count: int = 5, fractions=(0.8, 0.1, 0.1)) -> PreparedData:
-    """The reference protocol: k-core (repeated), global stable sort by timestamp, 80/10/10."""
+def _plain_ids(ids: np.ndarray) -> np.ndarray:
+    return ids if ids.dtype.kind in "iu" else ids.astype(str)
+
+
+def _dense_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids, dense index of each value)."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return np.asarray(uniques), codes.astype(np.int64)
+
+
+def prepare(raw: RawData, min_count: int = 5, fractions=(0.8, 0.1, 0.1), split_dates=None,
+            leave_last: int | None = None) -> PreparedData:
+    """The protocol: k-core (repeated), stable sort by timestamp, then the split (the
+    reference: global 80/10/10 by time; see ``split_masks`` for the others)."""
     df = k_core(raw.ratings, min_count)
-    user_ids = np.sort(df["user_id"].unique())
-    item_ids = np.sort(df["item_id"].unique())
-    df = df.assign(user=np.searchsorted(user_ids, df["user_id"].to_numpy()),
-                   item=np.searchsorted(item_ids, df["item_id"].to_numpy()))
+    user_ids, users = _dense_ids(df["user_id"].to_numpy())
+    item_ids, items = _dense_ids(df["item_id"].to_numpy())
+    rating = df["rating"].to_numpy()
+    df = pd.DataFrame({"user": users, "item": items,
+                       "rating": rating if rating.dtype.kind in "iu" else rating.astype(np.float64),
+                       "timestamp": df["timestamp"].to_numpy(np.int64)})
     # Stable sort: ratings with equal timestamps keep file order, so the split is reproducible.
-    df = df.sort_values("timestamp", kind="stable")[["user", "item", "rating", "timestamp"]]
-    df = df.reset_index(drop=True).astype(np.int64)
+    df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    if rating.dtype.kind in "iu":
+        df["rating"] = df["rating"].astype(np.int64)
     if df.empty:
         raise DataError(f"no ratings left after the {min_count}-core filter of {raw.name} "
                         f"({len(raw.ratings):,} ratings before): lower data.min_count")
-    s_train, s_val, s_test = time_split(len(df), fractions)
-    empty = [name for name, part in zip(("train", "val", "test"), (s_train, s_val, s_test)) if part.stop <= part.start]
+    masks = split_masks(df, fractions, split_dates, leave_last)
+    empty = [name for name, mask in zip(("train", "val", "test"), masks) if not mask.any()]
     if empty:
-        raise DataError(f"the split {list(fractions)} of {len(df):,} ratings leaves {empty} empty: change data.split")
+        how = (f"data.leave_last: {leave_last}" if leave_last else f"data.split_dates: {list(split_dates)}"
+               if split_dates else f"the split {list(fractions)}")
+        raise DataError(f"{how} of {len(df):,} ratings leaves {empty} empty: change it")
+    train, val, test = (df[mask] for mask in masks)
 
-    users = raw.users.set_index("user_id").reindex(user_ids)
-    items = raw.items.set_index("item_id").reindex(item_ids)
-    if users.isna().any().any() or items["title"].isna().any():
-        raise ValueError("ratings reference users or items missing from the side files")
-    genres = np.zeros((len(item_ids), len(raw.genre_names)), np.float32)
-    for row, gs in enumerate(items["genres"]):
-        genres[row, gs] = 1.0
-
-    train, val, test = df.iloc[s_train], df.iloc[s_val], df.iloc[s_test]
+    user_features = encode(raw.users, user_ids, raw.user_schema)
+    item_features = encode(raw.items, item_ids, raw.item_schema)
+    labels = (raw.item_labels.reindex(item_ids).fillna("").astype(str).tolist() if raw.item_labels is not None
+              else [str(i) for i in item_ids])
 
     def period(part):
         lo, hi = part["timestamp"].min(), part["timestamp"].max()
         fmt = lambda t: pd.Timestamp(int(t), unit="s").strftime("%Y-%m-%d")  # noqa: E731
         return [fmt(lo), fmt(hi)] if len(part) else [None, None]
 
+    def coverage(features, n):
+        return {f.name: {"type": f.kind, "vocabulary": len(f.vocabulary) if f.vocabulary is not None else None,
+                         "missing": f.missing, "rows": n} for f in features}
+
     meta = {
+        "rows_read": int(len(raw.ratings) + sum(raw.dropped.values())),  # before the loader's drops
         "raw_ratings": int(len(raw.ratings)), "raw_users": int(raw.ratings["user_id"].nunique()),
         "raw_items": int(raw.ratings["item_id"].nunique()), "ratings": int(len(df)),
         "min_count": min_count, "fractions": list(fractions),
+        "split_dates": list(split_dates) if split_dates else None, "leave_last": leave_last,
+        "protocol": protocol_label(fractions, split_dates, leave_last),
+        "has_rating": raw.has_rating,
+        "dropped": {**raw.dropped, f"users or items below the {min_count}-core": int(len(raw.ratings) - len(df))},
         "splits": {name: {"ratings": int(len(part)), "users": int(part["user"].nunique()),
                           "items": int(part["item"].nunique()), "period": period(part)}
                    for name, part in (("train", train), ("val", val), ("test", test))},
+        "features": {"user": coverage(user_features, len(user_ids)), "item": coverage(item_features, len(item_ids))},
         "checksums": raw.checksums,
     }
     return PreparedData(
         name=raw.name, n_users=len(user_ids), n_items=len(item_ids),
         train=train.reset_index(drop=True), val=val.reset_index(drop=True), test=test.reset_index(drop=True),
-        user_gender=users["gender"].to_numpy(np.int64), user_age=users["age_group"].to_numpy(np.int64),
-        user_occupation=users["occupation"].to_numpy(np.int64), item_genres=genres,
-        item_year=items["year"].to_numpy(np.float32), item_titles=list(items["title"]),
-        genre_names=list(raw.genre_names), user_ids=user_ids, item_ids=item_ids, meta=meta)
+        user_features=user_features, item_features=item_features, item_labels=labels,
+        user_ids=user_ids, item_ids=item_ids, meta=meta)
 
 
 # -- the prepared-data cache ----------------------------------------------------------------
@@ -445,9 +544,29 @@ def build_prepared(d: dict, seed: int, folder: Path) -> PreparedData:
         src = write_synthetic_ml1m(folder / "synthetic", seed=seed, **d["synthetic"])
         raw = parse_ml1m(src, verify=False)
         raw.name = "synthetic"
+    elif d["dataset"] == "interactions":
+        raw = load_interactions(d)
     else:
         raw = load(d["dataset"], d["path"], verify=d["verify_checksums"])
-    return prepare(raw, d["min_count"], tuple(d["split"]))
+    return prepare(raw, d["min_count"], tuple(d["split"]), d["split_dates"], d["leave_last"])
+
+
+def load_interactions(d: dict) -> RawData:
+    """A user's interaction log and optional feature tables (``data.dataset: interactions``),
+    read by ``lib.movielens.interactions``."""
+    log = interactions.read_interactions(d["path"], d["columns"], d["timestamp_unit"], d["duplicates"])
+    tables, schemas, sums = {}, {}, dict(log.checksums)
+    for side, id_column in (("user", "user_id"), ("item", "item_id")):
+        spec = d[f"{side}_features"]
+        schemas[side] = normalise_schema(f"data.{side}_features.columns", (spec or {}).get("columns"))
+        tables[side] = None
+        if spec:
+            columns = {name: dict(f, column=f["column"] or name) for name, f in schemas[side].items()}
+            tables[side], digest = interactions.read_feature_table(
+                spec["path"], spec["key"], columns, log.frame[id_column].unique())
+            sums[str(spec["path"])] = digest
+    return RawData(Path(d["path"]).name, log.frame, tables["user"], tables["item"], schemas["user"],
+                   schemas["item"], sums, has_rating=log.has_rating, dropped=dict(log.dropped))
 
 
 def _load_cached(folder: Path) -> PreparedData | None:

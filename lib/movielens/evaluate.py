@@ -17,6 +17,7 @@ import torch
 
 from ..core import metrics, retrieval, stats
 from .data import PreparedData
+from .features import multi_hot
 from .train import embed_users
 
 KS = metrics.KS
@@ -24,8 +25,14 @@ CI_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
 
 
 def ground_truth(data: PreparedData, cfg: dict, split: str) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The split's relevant (user, item) pairs and the users that have any."""
-    truth = data.matrix(split, min_rating=cfg["data"]["test_min_rating"])
+    """The split's relevant (user, item) pairs and the users that have any. A pair the user
+    already has in training is not relevant (it is never ranked; only a log read with
+    ``data.duplicates: all`` has such repeats)."""
+    truth = data.matrix(split, min_rating=cfg["data"]["test_min_rating"])  # none for a log without ratings
+    repeats = truth.multiply(data.matrix("train"))
+    if repeats.nnz:
+        truth = (truth - repeats).tocsr()
+        truth.eliminate_zeros()
     return truth, np.flatnonzero(np.diff(truth.indptr) > 0)
 
 
@@ -70,6 +77,12 @@ def validation_figures(model, data: PreparedData, cfg: dict, device) -> dict:
     return {"val_recall@10": m["recall@10"], "val_ndcg@10": m["ndcg@10"], "val_hit_rate@10": m["hit_rate@10"]}
 
 
+def diversity_feature(data: PreparedData):
+    """The item feature list diversity is measured on: the first multi-hot multi-categorical
+    item feature (MovieLens: genres), or None."""
+    return next((f for f in data.item_features if multi_hot(f)), None)
+
+
 def evaluate_split(model, data: PreparedData, cfg: dict, split: str, device) -> tuple[dict, dict]:
     """A split's metrics.json entry and its per-user metrics (for paired tests)."""
     seen = data.matrix("train")
@@ -82,10 +95,13 @@ def evaluate_split(model, data: PreparedData, cfg: dict, split: str, device) -> 
         "metrics": summary, "rank_seconds": seconds, "n_users": int(len(users)),
         "n_users_without_train_history": int((~has_history[users]).sum()),
         "coverage@100": metrics.coverage(top[:, :100], data.n_items),
-        f"genre_diversity@{dk}": metrics.intra_list_distance(top[:, :dk], data.item_genres, "jaccard"),
         "ci": {m: stats.bootstrap_ci(per_user[m], n_boot=cfg["evaluate"]["bootstrap"], seed=cfg["seed"])
                for m in CI_METRICS},
     }
+    tokens = diversity_feature(data)
+    if tokens is not None:  # model-independent: Jaccard distance of the items' tokens (MovieLens: genres)
+        entry[f"diversity@{dk}"] = metrics.intra_list_distance(top[:, :dk], tokens.tokens.toarray(), "jaccard")
+        entry["diversity_feature"] = tokens.name
     cold = ~has_history[users]
     if cold.any():
         entry["metrics_without_history"] = {m: float(per_user[m][cold].mean()) for m in CI_METRICS}

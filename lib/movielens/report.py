@@ -1,6 +1,7 @@
 """Gather MovieLens runs into reports/EVALUATION_REPORT.md (+ .json, + figures)."""
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -93,7 +94,7 @@ def _row(label: str, result: dict, split: str = "test") -> dict:
     e = result["splits"][split]
     val = result["splits"].get("val", {}).get("metrics") if split != "val" else None
     return {"label": label, "m": e["metrics"], "val_m": val, "ci": e.get("ci", {}), "coverage": e["coverage@100"],
-            "diversity": e["genre_diversity@10"], "n_users": e["n_users"],
+            "diversity": e.get("diversity@10"), "n_users": e["n_users"],
             "train_seconds": result["train"]["seconds"], "kind": result["config"]["model"]["kind"],
             "params": result["_params"]}
 
@@ -209,6 +210,8 @@ def _verdicts(best_tt: dict, rows: list[dict]) -> list[dict]:
 
 
 def render_report(rcfg: dict) -> dict:
+    if rcfg.get("kind") == "dataset":
+        return render_dataset_report(rcfg)
     t0 = time.perf_counter()
     ov = rcfg["run_overrides"]
     out_md = Path(rcfg["output"])
@@ -324,6 +327,148 @@ def render_report(rcfg: dict) -> dict:
     companion = {k: v for k, v in context.items() if k not in ("main", "best")}
     companion["runs"] = {r["run"]: {kk: vv for kk, vv in r.items() if not kk.startswith("_")}
                          for r in cache.values()}
+    atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
+    atomic_write_text(out_md, md)
+    prune_figures(out_md, figs)
+    return {"report": str(out_md), "seconds": prov["report_seconds"]}
+
+
+# -- a report on a user's dataset (params/<name>/report.yaml with a data section) ----------------
+# The models a dataset report runs when its file names none: every baseline and the standard
+# two-tower variants (the variant is chosen on validation NDCG@10). Each is a params file of
+# this study whose data section the report's replaces; the grids are widened where the
+# MovieLens ones assume its size (EASE's l2 scales with the interaction counts).
+DATASET_MODELS = {
+    "random": ("Random", "params/movielens/baseline_random.yaml", {}),
+    "popularity": ("Popularity", "params/movielens/baseline_popularity.yaml", {}),
+    "recent_popularity": ("Recent popularity", "params/movielens/baseline_recent_popularity.yaml",
+                          {"model": {"select_on_validation": {"window_days": [7.0, 14.0, 30.0, 60.0, 120.0, 365.0]}}}),
+    "itemknn": ("ItemKNN (cosine)", "params/movielens/baseline_itemknn.yaml", {}),
+    "ease": ("EASE^R", "params/movielens/baseline_ease.yaml",
+             {"model": {"select_on_validation": {"l2": [10.0, 100.0, 1000.0, 10000.0, 100000.0]}}}),
+    "bpr": ("BPR-MF (implicit)", "params/movielens/baseline_bpr.yaml", {}),
+    "ials": ("iALS (implicit)", "params/movielens/baseline_ials.yaml", {}),
+    "two_tower_u0": ("u0: features + IDs + recency history, user-batched full softmax",
+                     "params/movielens/tt_u0_ids_history_fullsoftmax.yaml", {}),
+    "two_tower_u1": ("u1: u0 without history (features + IDs)", "params/movielens/tt_u1_no_history.yaml", {}),
+    "two_tower_u3": ("u3: u0 with a plain-mean history", "params/movielens/tt_u3_history_mean.yaml", {}),
+    "two_tower_u7": ("u7: u0, 64-d embeddings", "params/movielens/tt_u7_dim64.yaml", {}),
+    "two_tower_u11": ("u11: u7, history half-life 7 days", "params/movielens/tt_u11_half_life_7d.yaml", {}),
+}
+DATASET_REPORT_DEFAULTS = {
+    "output": "",          # default reports/<the report file's folder name>.md
+    "title": "",           # default "Two-tower retrieval on <folder name>"
+    "bootstrap": 1000,
+    "latency": True,       # serving latency of the chosen two-tower
+}
+DATASET_FILE_KEYS = ("study", "data", "models", "report", "seed")
+
+
+def dataset_report_config(raw: dict, path: Path) -> dict:
+    """The config of a report on one dataset: ``data`` (the params data section every model
+    runs on), optional ``models`` (names of ``DATASET_MODELS`` or ``{label, params}`` run
+    files), ``report`` (output, title, bootstrap, latency) and ``seed``."""
+    unknown = set(raw) - set(DATASET_FILE_KEYS)
+    if unknown:
+        raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {list(DATASET_FILE_KEYS)}")
+    if not isinstance(raw["data"], dict):
+        raise ParamsError(f"{path}: 'data' must be a mapping (a run's data section), got {raw['data']!r}")
+    name = Path(path).parent.name
+    rep = merge_checked(DATASET_REPORT_DEFAULTS, raw.get("report") or {}, "report")
+    seed = raw.get("seed", 0)
+    models = []
+    for entry in raw.get("models") or list(DATASET_MODELS):
+        if isinstance(entry, str):
+            if entry not in DATASET_MODELS:
+                close = difflib.get_close_matches(entry, list(DATASET_MODELS), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ParamsError(f"{path}: models: unknown model '{entry}'{hint}; known: {list(DATASET_MODELS)} "
+                                  f"or {{label, params}} with a run file")
+            label, params, extra = DATASET_MODELS[entry]
+        elif isinstance(entry, dict) and set(entry) == {"label", "params"}:
+            label, params, extra = entry["label"], entry["params"], {}
+        else:
+            raise ParamsError(f"{path}: models: each entry is a model name or {{label, params}}, got {entry!r}")
+        overrides = deep_merge(extra, {"data": raw["data"], "seed": seed})
+        models.append({"label": label, "params": params, "overrides": overrides})
+    if len({m["label"] for m in models}) != len(models):
+        raise ParamsError(f"{path}: models: two entries share one label")
+    return {"kind": "dataset", "name": name, "output": rep["output"] or f"reports/{name}.md",
+            "title": rep["title"] or f"Two-tower retrieval on {name}", "bootstrap": rep["bootstrap"],
+            "latency": rep["latency"], "data": raw["data"], "models": models,
+            "runs": [], "derived_runs": [(m["params"], m["overrides"]) for m in models]}
+
+
+def _in_words(metric: str, tt: dict, base: dict, paired: dict) -> str:
+    p = paired[metric]
+    diff = f"{p['mean_diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}], p = {p['p_value']:.3f}"
+    if p["high"] < 0:
+        return (f"**{metric}: the two-tower loses** to {base['label']} ({tt['m'][metric]:.4f} vs "
+                f"{base['m'][metric]:.4f}; paired difference {diff}): the whole 95% interval is below zero.")
+    if p["low"] > 0:
+        return (f"**{metric}: the two-tower wins** over {base['label']} ({tt['m'][metric]:.4f} vs "
+                f"{base['m'][metric]:.4f}; paired difference {diff}): the whole 95% interval is above zero.")
+    side = "above" if p["mean_diff"] > 0 else "below"
+    return (f"**{metric}: within noise** of {base['label']} ({tt['m'][metric]:.4f} vs {base['m'][metric]:.4f}, "
+            f"{side}; paired difference {diff}): the 95% interval contains zero, so neither is shown better.")
+
+
+def _shown(path: str) -> str:
+    """A data file as a report names it: relative to the repository when inside it."""
+    p = Path(path)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else path
+
+
+def render_dataset_report(rcfg: dict) -> dict:
+    t0 = time.perf_counter()
+    ov = rcfg["run_overrides"]
+    out_md = Path(rcfg["output"])
+    out_md = out_md if out_md.is_absolute() else ROOT / out_md
+    cache: dict[str, dict] = {}
+
+    def get(entry: dict, extra: dict | None = None) -> dict:
+        over = deep_merge(deep_merge(entry["overrides"], extra), ov)
+        key = json.dumps([entry["params"], over], sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = _ensure(entry["params"], over)
+        return cache[key]
+
+    results = [(m, get(m)) for m in rcfg["models"]]
+    baselines = [dict(_row(m["label"], res), hyperparameters=res["train"].get("hyperparameters"))
+                 for m, res in results if res["config"]["model"]["kind"] != "two_tower"]
+    variants = [{"label": m["label"], "entry": m, "m": res["splits"]["val"]["metrics"],
+                 "train_seconds": res["train"]["seconds"], "best_epoch": res["train"].get("best_epoch"),
+                 "parameters": res["train"].get("parameters", {}).get("total")}
+                for m, res in results if res["config"]["model"]["kind"] == "two_tower"]
+    best = best_row = None
+    if variants:
+        pick = max(variants, key=lambda v: v["m"]["ndcg@10"])
+        pick["chosen"] = True
+        best = get(pick["entry"], {"evaluate": {"splits": ["val", "test"], "latency": rcfg["latency"]}})
+        best_row = _row(f"Two-tower ({pick['label'].split(':')[0]}, chosen on validation)", best)
+    comparison = baselines + ([best_row] if best_row else [])
+    best_base = max(baselines, key=lambda r: r["m"]["ndcg@10"]) if baselines else None
+    paired, words = {}, []
+    if best_row and best_base:
+        base_res = next(res for m, res in results if m["label"] == best_base["label"])
+        paired = {m: _paired(best, base_res, m, rcfg["bootstrap"]) for m in CMP_METRICS}
+        words = [_in_words(m, best_row, best_base, paired) for m in CMP_METRICS]
+    figs = save_figures({"at_k": _fig_at_k(comparison), "ci": _fig_ci(comparison)} if comparison else {}, out_md)
+    first = results[0][1]
+    checks = {_shown(name): digest for res in cache.values() for name, digest in res["data"].get("checksums", {}).items()}
+    wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
+    context = {"title": rcfg["title"], "name": rcfg["name"], "data": first["data"], "data_params": first["config"]["data"],
+               "baselines": baselines, "variants": variants, "best": best, "best_row": best_row,
+               "comparison": comparison, "best_base": best_base, "paired": paired, "words": words,
+               "verdicts": _verdicts(best_row, comparison) if best_row and baselines else [],
+               "val_vs_test": _val_vs_test(comparison), "figs": figs, "cmp_metrics": CMP_METRICS,
+               "smoke": bool(ov), "ks": [5, 10, 20, 50, 100], "latency": (best or {}).get("latency")}
+    prov = provenance([ROOT / m["params"] for m in rcfg["models"]] + [Path(rcfg["report_file"])], checks, wall)
+    prov["report_seconds"] = round(time.perf_counter() - t0, 1)
+    context["provenance"] = prov
+    md = render("dataset_report.md.j2", context)
+    companion = {k: v for k, v in context.items() if k not in ("best",)}
+    companion["runs"] = {r["run"]: {kk: vv for kk, vv in r.items() if not kk.startswith("_")} for r in cache.values()}
     atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
     atomic_write_text(out_md, md)
     prune_figures(out_md, figs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,18 +19,28 @@ from ..core.device import pick_device, set_threads
 from ..core.files import atomic_path, atomic_write_json, file_lock, read_json
 from ..core.params import ParamsError, require
 from . import baselines, evaluate as evaluation
-from .data import PreparedData, prepared_data, source_fingerprint
+from .data import DataError, PreparedData, date_seconds, prepared_data, source_fingerprint
+from .features import normalise_schema
 from .train import DivergedError, Trainer, build_model
 
 DEFAULTS = {
     "data": {
-        "dataset": "ml-1m",          # ml-1m | ml-100k | synthetic
-        "path": None,                # local folder or zip; else $TWOTOWER_DATA_ROOT/<dataset>; else download
-        "verify_checksums": True,
+        "dataset": "ml-1m",          # ml-1m | ml-100k | synthetic | interactions (your log: columns, *_features)
+        "path": None,                # MovieLens: folder or zip, else $TWOTOWER_DATA_ROOT/<dataset>, else download;
+                                     # interactions: the log (CSV, TSV, Parquet; .gz for text)
+        "verify_checksums": True,    # MovieLens: the official files' sha256
         "min_count": 5,              # k-core on users and items, repeated until stable
-        "split": [0.8, 0.1, 0.1],    # global time split fractions
-        "test_min_rating": 4,        # ground truth = held-out ratings >= this
+        "split": [0.8, 0.1, 0.1],    # global time split fractions (the reference protocol)
+        "split_dates": None,         # [val_start, test_start] ISO dates: a global split at cut-off dates instead
+        "leave_last": None,          # N: per-user leave-last-N instead (each user's last N to test, N before to val)
+        "test_min_rating": 4,        # ground truth = held-out ratings >= this (a log without ratings: every interaction)
         "synthetic": {"n_users": 300, "n_items": 200, "n_ratings": 12000},
+        # interactions only: the log's column names, timestamp unit, the rule for repeated pairs, side tables
+        "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"},
+        "timestamp_unit": "auto",    # auto (epoch s or ms by magnitude, ISO strings) | s | ms | iso
+        "duplicates": "first",       # a (user, item) pair given more than once: keep first | last | all
+        "user_features": None,       # {path, key, columns: {name: categorical | numeric | {type: ..., ...}}}
+        "item_features": None,       # the same for items (multi_categorical: {type: multi_categorical, sep: "|"})
     },
     "model": {
         "kind": "two_tower",
@@ -73,17 +84,29 @@ KEY_CODE = (*(f"lib/movielens/{name}.py" for name in ("data", "towers", "losses"
 TRAIN_EVALUATE_KEYS = ()  # training reads no evaluate setting (per-epoch figures are fixed)
 OPEN_KEYS = frozenset({"model.params", "model.select_on_validation"})
 RENAMED_KEYS = {"evaluate.k": "evaluate.top_k"}  # old -> new (one vocabulary across studies)
+NULLABLE_KEYS = frozenset({"data.columns.rating"})  # a log without ratings
+PATH_KEYS = ("data.path", "data.user_features.path", "data.item_features.path")
+MOVIELENS_DATASETS = ("ml-1m", "ml-100k", "synthetic")
+INTERACTIONS_ONLY = ("columns", "timestamp_unit", "duplicates", "user_features", "item_features")
 MODEL_KINDS = ("two_tower", *baselines.BASELINES)
 KS = evaluation.KS
 
 
 def validate(cfg: dict) -> None:
     d, m, lo, t, e = cfg["data"], cfg["model"], cfg["loss"], cfg["train"], cfg["evaluate"]
-    require(d["dataset"] in ("ml-1m", "ml-100k", "synthetic"), f"data.dataset: unknown '{d['dataset']}'")
+    require(d["dataset"] in (*MOVIELENS_DATASETS, "interactions"),
+            f"data.dataset: unknown '{d['dataset']}'; known: {[*MOVIELENS_DATASETS, 'interactions']}")
     require(len(d["split"]) == 3 and all(0 < f < 1 for f in d["split"]) and abs(sum(d["split"]) - 1) < 1e-9,
             f"data.split must be three fractions in (0, 1) summing to 1, got {d['split']}")
+    _validate_protocol(d)
     require(d["min_count"] >= 1, "data.min_count must be >= 1")
-    require(1 <= d["test_min_rating"] <= 5, "data.test_min_rating must be in 1..5")
+    if d["dataset"] == "interactions":
+        _validate_interactions(d)
+    else:
+        require(1 <= d["test_min_rating"] <= 5, "data.test_min_rating must be in 1..5")
+        given = [k for k in INTERACTIONS_ONLY if d[k] != DEFAULTS["data"][k]]
+        require(not given, f"data.{given[0] if given else ''} applies to data.dataset: interactions only "
+                           f"(this run reads {d['dataset']}, whose columns and features are fixed)")
     require(m["kind"] in MODEL_KINDS, f"model.kind: unknown '{m['kind']}'; known: {list(MODEL_KINDS)}")
     syn = d["synthetic"]
     require(d["dataset"] != "synthetic" or syn["n_ratings"] <= 0.8 * syn["n_users"] * syn["n_items"],
@@ -118,7 +141,8 @@ def validate(cfg: dict) -> None:
     require(set(e["splits"]) <= {"val", "test"} and e["splits"], "evaluate.splits: a subset of [val, test]")
     require(e["top_k"] >= max(KS), f"evaluate.top_k must be >= {max(KS)}")
     require(t["threads"] >= 1, f"train.threads must be >= 1, got {t['threads']}")
-    require(0 <= t["positive_min_rating"] <= 5, f"train.positive_min_rating must be in 0..5, got {t['positive_min_rating']}")
+    require(d["dataset"] == "interactions" or 0 <= t["positive_min_rating"] <= 5,
+            f"train.positive_min_rating must be in 0..5, got {t['positive_min_rating']}")
     require(e["bootstrap"] >= 20, f"evaluate.bootstrap must be >= 20 resamples, got {e['bootstrap']}")
     require(e["latency_repeats"] >= 1, f"evaluate.latency_repeats must be >= 1, got {e['latency_repeats']}")
     require(2 <= e["diversity_k"] <= e["top_k"], f"evaluate.diversity_k must be in 2..top_k, got {e['diversity_k']}")
@@ -137,12 +161,63 @@ def validate(cfg: dict) -> None:
                     raise ParamsError(f"model.select_on_validation.{key} = {value!r} for '{m['kind']}': {exc}") from exc
 
 
+def _validate_protocol(d: dict) -> None:
+    require(d["split_dates"] is None or d["leave_last"] is None,
+            "data.split_dates and data.leave_last are two protocols: set one (or neither, for data.split)")
+    if d["split_dates"] is not None:
+        dates = d["split_dates"]
+        require(isinstance(dates, list) and len(dates) == 2 and all(isinstance(x, str) for x in dates),
+                f"data.split_dates: [validation start, test start] as ISO dates, e.g. ['2000-11-01', '2000-12-01'], "
+                f"got {dates!r}")
+        try:
+            seconds = [date_seconds(x) for x in dates]
+        except ValueError as exc:
+            raise ParamsError(f"data.split_dates: not an ISO date ({exc})") from exc
+        require(seconds[0] < seconds[1], f"data.split_dates: the validation start must come before the test start, "
+                                         f"got {dates}")
+    if d["leave_last"] is not None:
+        require(isinstance(d["leave_last"], int) and not isinstance(d["leave_last"], bool) and d["leave_last"] >= 1,
+                f"data.leave_last: a number of interactions >= 1, got {d['leave_last']!r}")
+
+
+def _validate_interactions(d: dict) -> None:
+    from .interactions import file_format
+    require(isinstance(d["path"], str) and d["path"], "data.path: the interactions file (CSV, TSV or Parquet)")
+    require(Path(d["path"]).is_file(), f"data.path: no such file: {d['path']}")
+    try:
+        file_format(d["path"])
+    except DataError as exc:
+        raise ParamsError(f"data.path: {exc}") from exc
+    for role in ("user", "item", "timestamp"):
+        require(isinstance(d["columns"][role], str) and d["columns"][role],
+                f"data.columns.{role}: the name of the log's {role} column")
+    require(d["columns"]["rating"] is None or isinstance(d["columns"]["rating"], str),
+            "data.columns.rating: a column name, or null for a log without ratings")
+    require(d["timestamp_unit"] in ("auto", "s", "ms", "iso"),
+            f"data.timestamp_unit: auto | s | ms | iso, got {d['timestamp_unit']!r}")
+    require(d["duplicates"] in ("first", "last", "all"), f"data.duplicates: first | last | all, got {d['duplicates']!r}")
+    for side in ("user", "item"):
+        spec = d[f"{side}_features"]
+        if spec is None:
+            continue
+        where = f"data.{side}_features"
+        require(isinstance(spec, dict) and set(spec) == {"path", "key", "columns"},
+                f"{where}: a mapping with exactly path, key and columns, got {spec!r}")
+        require(isinstance(spec["path"], str) and Path(spec["path"]).is_file(), f"{where}.path: no such file: {spec['path']}")
+        require(isinstance(spec["key"], str) and spec["key"], f"{where}.key: the column holding the {side} id")
+        normalise_schema(f"{where}.columns", spec["columns"])
+        require(bool(spec["columns"]), f"{where}.columns: at least one feature")
+
+
 def data_key_extra(cfg: dict) -> dict:
     """What prepared data depends on besides the data section (lib.core.runs.Run.data_key):
     the run's seed for generated data; with checksums off, the files' sizes and times."""
     d = cfg["data"]
     if d["dataset"] == "synthetic":
         return {"seed": cfg["seed"]}
+    if d["dataset"] == "interactions":  # a user's files: their sizes and times (sha256 in the report)
+        paths = [d["path"]] + [d[f"{s}_features"]["path"] for s in ("user", "item") if d[f"{s}_features"]]
+        return {"files": {p: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths if Path(p).exists()}}
     return {} if d["verify_checksums"] else {"files": source_fingerprint(d["dataset"], d["path"])}
 
 

@@ -1,9 +1,11 @@
-"""User and item towers for MovieLens-style data.
+"""User and item towers, built from the data's feature schema.
 
-User tower inputs (each switchable): categorical features (gender, age group,
-occupation), a user-ID embedding, and the user's training history pooled over item
-embeddings (mean or recency-weighted). Item tower inputs: genres (multi-hot), release year,
-an item-ID embedding. Each tower: MLP (ReLU, dropout) then a linear output, L2-normalised.
+User tower inputs (each switchable): the declared user features (``lib.movielens.features``;
+MovieLens: gender, age group, occupation), a user-ID embedding, and the user's training
+history pooled over item embeddings (mean or recency-weighted). Item tower inputs: the
+declared item features (MovieLens: genres multi-hot, release year), optional popularity
+features, an item-ID embedding. Each tower: MLP (ReLU, dropout) then a linear output,
+L2-normalised.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .features import Feature, dense_inputs, multi_hot
 
 
 class ByteDropout(nn.Module):
@@ -43,37 +47,86 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class ItemTower(nn.Module):
-    def __init__(self, n_items: int, genres: np.ndarray, year: np.ndarray, cfg: dict,
-                 popularity: np.ndarray | None = None):
-        """``popularity`` (n_items, k), optional: standardised training-period popularity
-        features (see ``training.popularity_features``), appended to genres and year."""
+class FeatureInputs(nn.Module):
+    """A tower's feature input, built from the feature schema (``lib.movielens.features``):
+    an embedding per categorical feature, a mean of token embeddings per large-vocabulary
+    multi-categorical feature, and the dense rest (multi-hot features, ``extra`` columns,
+    standardised numeric features) as one matrix. ``fit``: rows seen in training (numeric
+    statistics)."""
+
+    def __init__(self, features: list[Feature], fit: np.ndarray, feature_dim: int,
+                 extra: np.ndarray | None = None):
         super().__init__()
-        self.use_features = cfg["item_features"]
+        self.categorical = [f for f in features if f.kind == "categorical"]
+        self.bagged = [f for f in features if f.kind == "multi_categorical" and not multi_hot(f)]
+        for i, f in enumerate(self.categorical):
+            self.register_buffer(f"codes_{i}", torch.as_tensor(f.codes, dtype=torch.long))
+        self.embeddings = nn.ModuleList(nn.Embedding(len(f.vocabulary), feature_dim) for f in self.categorical)
+        self.bags = nn.ModuleList(nn.EmbeddingBag(len(f.vocabulary), feature_dim, mode="mean") for f in self.bagged)
+        for i, f in enumerate(self.bagged):
+            self.register_buffer(f"bag_indptr_{i}", torch.as_tensor(f.tokens.indptr, dtype=torch.long))
+            self.register_buffer(f"bag_indices_{i}", torch.as_tensor(f.tokens.indices, dtype=torch.long))
+        dense = dense_inputs(features, fit, extra)
+        self.register_buffer("dense", torch.as_tensor(dense, dtype=torch.float32))
+        self.dim = feature_dim * (len(self.categorical) + len(self.bagged)) + dense.shape[1]
+
+    def codes(self, i: int) -> torch.Tensor:
+        return getattr(self, f"codes_{i}")
+
+    @property
+    def categorical_only(self) -> bool:
+        return not self.bagged and self.dense.shape[1] == 0
+
+    @property
+    def dense_only(self) -> bool:
+        return not self.categorical and not self.bagged
+
+    def _bag(self, i: int, rows: torch.Tensor | None) -> torch.Tensor:
+        indptr, indices = getattr(self, f"bag_indptr_{i}"), getattr(self, f"bag_indices_{i}")
+        if rows is None:
+            rows = torch.arange(len(indptr) - 1, device=indptr.device)
+        starts, ends = indptr[rows], indptr[rows + 1]
+        lengths = ends - starts
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        flat = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()), device=rows.device)
+        return self.bags[i](indices[flat], offsets)  # an empty bag gives a zero vector
+
+    def forward(self, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The input parts of ``rows`` (every row if None): categorical, bagged, dense."""
+        parts = [emb(self.codes(i) if rows is None else self.codes(i)[rows]) for i, emb in enumerate(self.embeddings)]
+        parts += [self._bag(i, rows) for i in range(len(self.bags))]
+        if self.dense.shape[1]:
+            parts.append(self.dense if rows is None else self.dense[rows])
+        return parts
+
+
+class ItemTower(nn.Module):
+    def __init__(self, n_items: int, features: list[Feature], fit: np.ndarray, cfg: dict,
+                 popularity: np.ndarray | None = None):
+        """``features``: the item features of the schema; ``fit``: items seen in training;
+        ``popularity`` (n_items, k), optional: standardised training-period popularity
+        features (see ``training.popularity_features``), dense columns after the multi-hot ones."""
+        super().__init__()
+        self.use_features = cfg["item_features"] and (bool(features) or popularity is not None)
         self.use_ids = cfg["id_embeddings"]
-        y = np.nan_to_num(year, nan=np.nanmean(year) if np.isfinite(year).any() else 0.0)
-        y = (y - y.mean()) / (y.std() + 1e-6)
-        if popularity is not None:
-            genres = np.concatenate([genres, popularity], axis=1)  # "genres" below: all dense features but year
-        self.register_buffer("genres", torch.as_tensor(genres, dtype=torch.float32))
-        self.register_buffer("year", torch.as_tensor(y, dtype=torch.float32)[:, None])
         in_dim = 0
         if self.use_features:
-            in_dim += genres.shape[1] + 1
+            self.features = FeatureInputs(features, fit, cfg["feature_dim"], extra=popularity)
+            in_dim += self.features.dim
         if self.use_ids:
             self.id_emb = nn.Embedding(n_items, cfg["id_dim"])
             nn.init.normal_(self.id_emb.weight, std=0.01)
             in_dim += cfg["id_dim"]
         if in_dim == 0:
-            raise ValueError("item tower has no input: enable item_features or id_embeddings")
+            raise ValueError("the item tower has no input: the data declares no item features "
+                             "(or model.item_features is off); set model.id_embeddings: true")
         self.net = mlp(in_dim, cfg["hidden"], cfg["embedding_dim"], cfg["dropout"])
-        # Features-only: items with identical features get identical embeddings, so the MLP
-        # runs once per distinct feature row (ML-1M: 1,479 rows for 3,416 movies) and the
+        # Dense features only: items with identical features get identical embeddings, so the
+        # MLP runs once per distinct feature row (ML-1M: 1,479 rows for 3,416 movies) and the
         # result is gathered. Exact in eval mode; in training, such items share a dropout mask.
-        self.grouped = self.use_features and not self.use_ids
+        self.grouped = self.use_features and not self.use_ids and self.features.dense_only
         if self.grouped:
-            feats = np.concatenate([genres, y[:, None]], axis=1)
-            rows, inverse = np.unique(feats, axis=0, return_inverse=True)
+            rows, inverse = np.unique(self.features.dense.numpy(), axis=0, return_inverse=True)
             self.register_buffer("group_features", torch.as_tensor(rows, dtype=torch.float32))
             self.register_buffer("item_group", torch.as_tensor(inverse.ravel(), dtype=torch.long))
 
@@ -86,32 +139,23 @@ class ItemTower(nn.Module):
         if self.grouped:
             out = self.group_embeddings()
             return out[self.item_group] if items is None else out[self.item_group[items]]
-        parts = []
-        if self.use_features:
-            g = self.genres if items is None else self.genres[items]
-            yr = self.year if items is None else self.year[items]
-            parts += [g, yr]
+        parts = self.features(items) if self.use_features else []
         if self.use_ids:
             parts.append(self.id_emb.weight if items is None else self.id_emb(items))
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 
 class UserTower(nn.Module):
-    def __init__(self, n_users: int, n_items: int, gender: np.ndarray, age: np.ndarray,
-                 occupation: np.ndarray, cfg: dict):
+    def __init__(self, n_users: int, n_items: int, features: list[Feature], fit: np.ndarray, cfg: dict):
+        """``features``: the user features of the schema; ``fit``: users seen in training."""
         super().__init__()
-        self.use_features = cfg["user_features"]
+        self.use_features = cfg["user_features"] and bool(features)
         self.use_ids = cfg["id_embeddings"]
         self.history = cfg["history"]
-        fd = cfg["feature_dim"]
-        for name, arr in (("gender", gender), ("age", age), ("occupation", occupation)):
-            self.register_buffer(name, torch.tensor(np.asarray(arr), dtype=torch.long))
         in_dim = 0
         if self.use_features:
-            self.gender_emb = nn.Embedding(int(gender.max()) + 1, fd)
-            self.age_emb = nn.Embedding(int(age.max()) + 1, fd)
-            self.occ_emb = nn.Embedding(int(occupation.max()) + 1, fd)
-            in_dim += 3 * fd
+            self.features = FeatureInputs(features, fit, cfg["feature_dim"])
+            in_dim += self.features.dim
         if self.use_ids:
             self.id_emb = nn.Embedding(n_users, cfg["id_dim"])
             nn.init.normal_(self.id_emb.weight, std=0.01)
@@ -121,7 +165,8 @@ class UserTower(nn.Module):
             nn.init.normal_(self.hist_emb.weight, std=0.01)
             in_dim += cfg["id_dim"]
         if in_dim == 0:
-            raise ValueError("user tower has no input: enable user_features, id_embeddings or history")
+            raise ValueError("the user tower has no input: the data declares no user features (or "
+                             "model.user_features is off); set model.id_embeddings: true or model.history")
         self.net = mlp(in_dim, cfg["hidden"], cfg["embedding_dim"], cfg["dropout"])
         # Set by set_history(): weighted (n_users x n_items) matrix and a has-history flag.
         self.hist = None
@@ -154,14 +199,19 @@ class UserTower(nn.Module):
 
     @property
     def grouped(self) -> bool:
-        return self.use_features and not self.use_ids and self.history == "none"
+        """Categorical features only (no IDs, no history, no dense feature): users with equal
+        codes share one embedding, computed once (unless the key would overflow)."""
+        if not (self.use_features and not self.use_ids and self.history == "none" and self.features.categorical_only):
+            return False
+        return float(np.prod([float(e.num_embeddings) for e in self.features.embeddings])) < 2.0 ** 62
 
     def forward_grouped(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features only: run the MLP once per distinct (gender, age, occupation) in the
-        batch (ML-1M has 241 in all). Returns (embeddings of the distinct rows, row index of
-        each user). See ItemTower for the dropout caveat."""
-        key = (self.gender[users] * self.age_emb.num_embeddings + self.age[users]) \
-            * self.occ_emb.num_embeddings + self.occupation[users]
+        """Features only: run the MLP once per distinct combination of categorical codes in
+        the batch (ML-1M: 241 of gender x age x occupation in all). Returns (embeddings of
+        the distinct rows, row index of each user). See ItemTower for the dropout caveat."""
+        key = torch.zeros_like(users)
+        for i, emb in enumerate(self.features.embeddings):  # mixed radix, first feature most significant
+            key = key * emb.num_embeddings + self.features.codes(i)[users]
         uniq, inverse = torch.unique(key, return_inverse=True)
         first = torch.zeros_like(uniq).scatter_(0, inverse, users)  # one user per distinct key
         return self._features_forward(first), inverse
@@ -175,10 +225,7 @@ class UserTower(nn.Module):
 
     def _features_forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None,
                           history: sp.csr_matrix | None = None) -> torch.Tensor:
-        parts = []
-        if self.use_features:
-            parts += [self.gender_emb(self.gender[users]), self.age_emb(self.age[users]),
-                      self.occ_emb(self.occupation[users])]
+        parts = self.features(users) if self.use_features else []
         if self.use_ids:
             # Users never seen in training keep a zero ID vector instead of an untrained one.
             parts.append(self.id_emb(users) * self.has_history[users, None])

@@ -106,11 +106,14 @@ def popularity_features(data: PreparedData, window_days: float) -> np.ndarray:
 
 
 def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
-    user = UserTower(data.n_users, data.n_items, data.user_gender, data.user_age,
-                     data.user_occupation, model_cfg)
+    seen_users = np.zeros(data.n_users, bool)
+    seen_users[data.train["user"].to_numpy()] = True
+    seen_items = np.zeros(data.n_items, bool)
+    seen_items[data.train["item"].to_numpy()] = True
+    user = UserTower(data.n_users, data.n_items, data.user_features, seen_users, model_cfg)
     pop = (popularity_features(data, model_cfg["popularity_window_days"])
            if model_cfg["item_popularity"] else None)
-    item = ItemTower(data.n_items, data.item_genres, data.item_year, model_cfg, popularity=pop)
+    item = ItemTower(data.n_items, data.item_features, seen_items, model_cfg, popularity=pop)
     if model_cfg["history"] != "none":
         user.set_history(history_weights(data, model_cfg["history"], model_cfg["history_half_life_days"]))
     return TwoTower(user, item)
@@ -383,7 +386,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)     # hard-negative picks
         self.seen = data.matrix("train")
         self.sampler = NegativeSampler(self.seen)
-        min_r = train_cfg["positive_min_rating"]
+        min_r = data.rating_threshold(train_cfg["positive_min_rating"])
         tr = data.train[data.train["rating"] >= min_r]
         # copies: pandas hands out read-only views, which torch.as_tensor warns about at every step
         self.train_users, self.train_items = tr["user"].to_numpy(copy=True), tr["item"].to_numpy(copy=True)
@@ -415,7 +418,7 @@ class Trainer:
     def split_user_history(self, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         t = self.train_cfg
         return split_user_history(self.input_history, self.nnz_rating, self.nnz_timestamp, t["target_fraction"],
-                                  t["target_selection"], t["positive_min_rating"],
+                                  t["target_selection"], self.data.rating_threshold(t["positive_min_rating"]),
                                   self.model.user_tower.history != "none", rng)
 
     def negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:

@@ -31,15 +31,17 @@ def _date(ts) -> pd.Series:
     return pd.to_datetime(pd.Series(ts), unit="s").dt.strftime("%Y-%m-%d %H:%M")
 
 
-def _genres(data: PreparedData, item: int) -> str:
-    return "|".join(data.genre_names[g] for g in np.flatnonzero(data.item_genres[item]))
+def _tokens(data: PreparedData, item: int) -> str:
+    """An item's tokens of its first multi-categorical feature (MovieLens: genres)."""
+    f = next((f for f in data.item_features if f.kind == "multi_categorical"), None)
+    return "" if f is None else "|".join(f.vocabulary[t] for t in f.tokens[item].indices)
 
 
 def _titled(data: PreparedData, df: pd.DataFrame) -> pd.DataFrame:
     """Rows of (dense) user/item indices with the original ids, titles and dates."""
     out = pd.DataFrame({"user_id": data.user_ids[df["user"].to_numpy()],
-                        "title": [data.item_titles[i] for i in df["item"]],
-                        "genres": [_genres(data, i) for i in df["item"]]})
+                        "title": [data.item_labels[i] for i in df["item"]],
+                        "genres": [_tokens(data, i) for i in df["item"]]})
     if "rating" in df:
         out["rating"] = df["rating"].to_numpy()
     if "timestamp" in df:
@@ -130,7 +132,7 @@ def training_batch(run, n_rows: int = 8, n_negatives: int = 3) -> dict:
     data = steps.load_data(run)
     trainer = Trainer(data, cfg["model"], cfg["loss"], cfg["train"], cfg["seed"], "cpu")
     batch = next(iter(trainer.batches.epoch()))
-    title = data.item_titles.__getitem__
+    title = data.item_labels.__getitem__
     lo = cfg["loss"]
     if cfg["train"]["batching"] == "users":
         users, inputs, targets = batch
@@ -234,7 +236,7 @@ def metrics_overview(run) -> dict:
             [{"metric": name, **{f"@{k}": entry["metrics"][f"{name}@{k}"] for k in ks}}
              for name in ("recall", "precision", "ndcg", "hit_rate")])
     other = [{"split": split, "users": e["n_users"], "without training history": e["n_users_without_train_history"],
-              "coverage@100": e["coverage@100"], "genre_diversity@10": e["genre_diversity@10"],
+              "coverage@100": e["coverage@100"], "diversity@10": e.get("diversity@10"),
               "mrr@100": e["metrics"]["mrr@100"], "rank_seconds": e["rank_seconds"]} for split, e in m["splits"].items()]
     out["beyond accuracy"] = pd.DataFrame(other)
     if m.get("latency"):
@@ -292,9 +294,10 @@ def example_query(run, user: int | None = None, n_history: int = 10) -> dict:
     relevant = set(truth[user].indices)
     hist = data.train[data.train["user"] == user].sort_values("timestamp").tail(n_history)
     held = getattr(data, split)
-    held = held[(held["user"] == user) & (held["rating"] >= cfg["data"]["test_min_rating"])].sort_values("timestamp")
-    recs = pd.DataFrame({"rank": range(1, len(top) + 1), "title": [data.item_titles[i] for i in top],
-                         "genres": [_genres(data, i) for i in top],
+    held = held[(held["user"] == user) & (held["rating"] >= data.rating_threshold(cfg["data"]["test_min_rating"]))]
+    held = held.sort_values("timestamp")
+    recs = pd.DataFrame({"rank": range(1, len(top) + 1), "title": [data.item_labels[i] for i in top],
+                         "genres": [_tokens(data, i) for i in top],
                          f"relevant in {split}": ["yes" if i in relevant else "" for i in top]})
     hits = sum(i in relevant for i in top)
     stored = ""
@@ -334,12 +337,12 @@ def report_overview(result: dict) -> dict:
     if ctx["paired"]:
         out["paired bootstrap (best two-tower - best baseline)"] = _cols(pd.DataFrame(
             [{"metric": k, **v} for k, v in ctx["paired"].items()]), ["metric", "mean_diff", "low", "high", "p_value"])
-    if ctx["fix"]:
+    if ctx.get("fix"):  # the MovieLens report (a dataset report has none)
         out["fix progression (test)"] = table(ctx["fix"])
     if ctx["variants"]:
         out["two-tower variants (validation)"] = pd.DataFrame(
             [{"variant": v["label"], **{k: v["m"][k] for k in ctx["cmp_metrics"]}, "best_epoch": v["best_epoch"]}
              for v in ctx["variants"]])
-    if ctx["targets"]:
+    if ctx.get("targets"):
         out["targets"] = _cols(pd.DataFrame(ctx["targets"]), ["metric", "min", "good", "reference_config", "best"])
     return out

@@ -1,0 +1,164 @@
+"""The study on a user's own interactions file: the generic loader against the built-in
+MovieLens loaders, and a report on a generated log from one params file."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lib.core import pipeline
+from lib.core.params import ParamsError
+from lib.core.runs import configure, read_report_file
+from lib.movielens import data as movielens, steps
+from lib.movielens.example import write_example
+
+CASES = [("ml-100k", "csv"), ("ml-100k", "parquet"), ("ml-1m", "parquet")]
+
+
+def _written(raw: movielens.RawData, folder, fmt: str) -> dict:
+    """The raw ratings of a built-in dataset as a user's export: renamed columns, string ids."""
+    r = raw.ratings
+    table = pa.table({"member": "m" + r["user_id"].astype(str), "sku": "s" + r["item_id"].astype(str),
+                      "stars": r["rating"], "when": r["timestamp"]})
+    path = folder / f"ratings.{fmt}"
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+        pacsv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+    return {"dataset": "interactions", "path": str(path),
+            "columns": {"user": "member", "item": "sku", "timestamp": "when", "rating": "stars"}}
+
+
+@pytest.mark.parametrize("dataset, fmt", CASES)
+def test_generic_loader_gives_the_built_in_split_and_metrics(tmp_path, shared_data, dataset, fmt):
+    raw = movielens.load(dataset, str(shared_data / dataset))
+    builtin = movielens.prepare(raw)
+    d = _written(raw, tmp_path, fmt)
+    run = configure(data=d, model={"kind": "itemknn", "params": {"k": 100}})
+    generic = movielens.build_prepared(run.cfg["data"], 0, tmp_path / "build")
+    assert [len(generic.train), len(generic.val), len(generic.test)] == \
+        [len(builtin.train), len(builtin.val), len(builtin.test)]
+    if dataset == "ml-1m":
+        assert [len(generic.train), len(generic.val), len(generic.test)] == [799_688, 99_961, 99_962]
+    # the same interactions in each split, under the string ids
+    for split in ("train", "val", "test"):
+        a, b = getattr(builtin, split), getattr(generic, split)
+        assert ("m" + pd.Series(builtin.user_ids[a["user"]]).astype(str)).tolist() == generic.user_ids[b["user"]].tolist()
+        assert ("s" + pd.Series(builtin.item_ids[a["item"]]).astype(str)).tolist() == generic.item_ids[b["item"]].tolist()
+    # and the same metrics from the same model code (items are indexed in another order: ties aside, equal)
+    from lib.movielens import baselines, evaluate
+    cfg = run.cfg
+    got = {}
+    for name, prepared in (("builtin", builtin), ("generic", generic)):
+        model = baselines.BASELINES["itemknn"](k=100).fit(prepared.matrix("train"), prepared.train)
+        got[name], *_ = evaluate.split_metrics(model, prepared, cfg, "test", "cpu")
+    for metric in ("recall@10", "ndcg@10", "hit_rate@10"):
+        assert got["generic"][metric] == pytest.approx(got["builtin"][metric], abs=2e-4)
+
+
+def _report_file(tmp_path, models, extra: dict | None = None):
+    write_example(tmp_path / "data", n_users=400, n_items=120, n_interactions=9_000)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    d = tmp_path / "data"
+    body = {
+        "data": {"dataset": "interactions", "path": str(d / "events.csv"),
+                 "columns": {"user": "user_id", "item": "sku", "timestamp": "ts", "rating": None},
+                 "user_features": {"path": str(d / "users.csv"), "key": "user_id",
+                                   "columns": {"country": "categorical", "age": "numeric"}},
+                 "item_features": {"path": str(d / "items.parquet"), "key": "sku",
+                                   "columns": {"genres": {"type": "multi_categorical", "sep": "|"}, "price": "numeric"}},
+                 **(extra or {})},
+        "models": models,
+        "report": {"output": str(tmp_path / "out" / "mine.md"), "bootstrap": 200, "latency": False},
+    }
+    path = folder / "report.yaml"
+    path.write_text(json.dumps(body))  # JSON is YAML
+    return path
+
+
+def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
+    path = _report_file(tmp_path, ["popularity", "ease", "two_tower_u1"])
+    study, rcfg = read_report_file(path)
+    assert study == "movielens" and rcfg["name"] == "mine" and len(rcfg["derived_runs"]) == 3
+    result = pipeline.render_report(study, str(path), run_overrides={"train": {"max_epochs": 2}})
+    md = (tmp_path / "out" / "mine.md").read_text()
+    ctx = json.loads((tmp_path / "out" / "mine.json").read_text())
+    assert result["report"] == str(tmp_path / "out" / "mine.md")
+    d = ctx["data"]
+    # every row read is accounted for: kept + dropped (duplicates, k-core)
+    assert d["rows_read"] == d["ratings"] + sum(d["dropped"].values())
+    assert sum(s["ratings"] for s in d["splits"].values()) == d["ratings"]
+    assert f"| Interactions kept | {d['ratings']} |" in md
+    assert "**Protocol: global temporal split 80/10/10**" in md
+    assert "every held-out interaction (the log has no rating column)" in md
+    assert {"age", "country"} == set(d["features"]["user"]) and d["features"]["item"]["genres"]["vocabulary"] == 15
+    # the verdict in words agrees with the paired figures it quotes
+    for metric, words in zip(ctx["cmp_metrics"], ctx["words"]):
+        p = ctx["paired"][metric]
+        want = "loses" if p["high"] < 0 else "wins" if p["low"] > 0 else "within noise"
+        assert f"{metric}: the two-tower {want}" in words or f"{metric}: {want}" in words
+        assert f"{p['mean_diff']:+.4f}" in words and words in md
+    assert ctx["best_base"]["label"] == max(ctx["baselines"], key=lambda r: r["m"]["ndcg@10"])["label"]
+    for rel in ctx["figs"].values():
+        assert (tmp_path / "out" / rel).is_file() and rel in md
+
+
+def test_a_log_without_features_still_gets_two_tower_and_baselines(tmp_path):
+    path = _report_file(tmp_path, ["popularity", "two_tower_u0"])
+    body = json.loads(path.read_text())
+    del body["data"]["user_features"], body["data"]["item_features"]
+    path.write_text(json.dumps(body))
+    pipeline.render_report("movielens", str(path), run_overrides={"train": {"max_epochs": 2}})
+    md = (tmp_path / "out" / "mine.md").read_text()
+    assert "No side features declared" in md and "Two-tower (u0, chosen on validation)" in md
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": ["eas"]}, "unknown model 'eas' (did you mean 'ease'?)"),
+    ({"modles": []}, "unknown top-level key(s) ['modles']"),
+    ({"data": {"dataset": "interactions", "path": "/nowhere.csv"}}, "data.path: no such file: /nowhere.csv"),
+    ({"data": {"dataset": "interactions", "path": "EXISTING", "duplicates": "latest"}}, "data.duplicates: first | last | all"),
+    ({"data": {"dataset": "interactions", "path": "EXISTING", "columns": {"usr": "a"}}}, "unknown params key 'data.columns.usr'"),
+    ({"data": {"dataset": "interactions", "path": "EXISTING", "leave_last": 1, "split_dates": ["2016-01-01", "2017-01-01"]}},
+     "data.split_dates and data.leave_last are two protocols"),
+    ({"data": {"dataset": "interactions", "path": "EXISTING", "item_features": {"path": "EXISTING", "key": "sku",
+                                                                                "columns": {"g": "multi"}}}},
+     "data.item_features.columns.g.type: unknown feature type 'multi'"),
+    ({"data": {"dataset": "ml-1m", "columns": {"user": "x"}}}, "data.columns applies to data.dataset: interactions only"),
+])
+def test_bad_report_files_fail_at_check_with_the_key(tmp_path, change, message):
+    from lib.core.runs import report_runs
+    path = _report_file(tmp_path, ["popularity"])
+    body = json.loads(path.read_text())
+    existing = body["data"]["path"]
+    text = json.dumps({**body, **change}).replace("EXISTING", existing)
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        report_runs(path)
+    assert message in str(err.value)
+
+
+def test_ease_refuses_a_catalog_above_its_bound():
+    from lib.movielens.baselines import EASE
+    import scipy.sparse as sp
+    with pytest.raises(ValueError, match="EASE on 50 items .* refuses above model.params.max_items = 40"):
+        EASE(l2=10.0, max_items=40).fit(sp.random(30, 50, density=0.1, format="csr", random_state=0))
+    assert np.isfinite(EASE(l2=10.0, max_items=50).fit(sp.random(30, 50, density=0.1, format="csr",
+                                                                 random_state=0)).B_).all()
+
+
+def test_feature_keys_are_resolved_against_the_user_folder(tmp_path, monkeypatch):
+    path = _report_file(tmp_path, ["popularity"])
+    body = json.loads(path.read_text())
+    body["data"]["item_features"]["path"] = "data/items.parquet"
+    path.write_text(json.dumps(body))
+    monkeypatch.chdir(tmp_path)
+    from lib.core.runs import run_parameters, ROOT
+    params = run_parameters(ROOT / "params/movielens/baseline_popularity.yaml", body and
+                            {"data": body["data"]})
+    assert params["data"]["item_features"]["path"] == str(tmp_path / "data" / "items.parquet")
+    assert steps.data_key_extra(configure(**params).cfg)["files"]  # sizes and times of the user's files
