@@ -5,7 +5,7 @@ import torch
 
 from lib.core import runs as pipeline
 from lib.movielens import evaluate as evaluation, losses, steps as study
-from lib.movielens.train import NegativeSampler, Trainer
+from lib.movielens.train import NegativeSampler, Trainer, build_model
 
 MODEL = dict(study.DEFAULTS["model"], embedding_dim=16, hidden=[32])
 TRAIN = dict(study.DEFAULTS["train"], batch_size=64, max_epochs=2, threads=1)
@@ -221,3 +221,28 @@ def test_latest_targets_are_each_users_most_recent_items(synthetic_data):
         assert len(a) and len(b) and not set(a) & set(b)
         assert max(ts[(u, i)] for i in a) <= min(ts[(u, i)] for i in b)
     assert targets.nnz == pytest.approx(0.3 * tr.seen.nnz, rel=0.1)
+
+
+def _small_run(model):
+    from lib.core.runs import configure
+    return configure(data={"dataset": "synthetic", "synthetic": {"n_users": 120, "n_items": 80, "n_ratings": 4000}},
+                     model=model)
+
+
+def test_user_ids_are_used_without_history():
+    """The u1 variant (features + IDs, no history): ID vectors of trained users count; a
+    mask built from the history (none here) zeroed them all before."""
+    run = _small_run({"kind": "two_tower", "id_embeddings": True, "history": "none", "embedding_dim": 16, "hidden": [16]})
+    from lib.movielens import steps
+    data = steps.load_data(run)
+    torch.manual_seed(0)
+    model = build_model(data, run.cfg["model"]).eval()
+    tower = model.user_tower
+    trained = np.diff(data.matrix("train").indptr) > 0
+    assert tower.trained_users.numpy().tolist() == trained.tolist()
+    with torch.no_grad():
+        tower.id_emb.weight.mul_(100.0)
+        u = torch.as_tensor(np.flatnonzero(trained)[:5])
+        before = tower(u)
+        tower.id_emb.weight.zero_()
+        assert not torch.allclose(before, tower(u))

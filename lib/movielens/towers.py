@@ -168,14 +168,19 @@ class UserTower(nn.Module):
             raise ValueError("the user tower has no input: the data declares no user features (or "
                              "model.user_features is off); set model.id_embeddings: true or model.history")
         self.net = mlp(in_dim, cfg["hidden"], cfg["embedding_dim"], cfg["dropout"])
-        # Set by set_history(): weighted (n_users x n_items) matrix and a has-history flag.
+        # Set by set_history(): the weighted (n_users x n_items) history matrix.
         self.hist = None
-        self.register_buffer("has_history", torch.zeros(n_users, dtype=torch.bool))
+        # Users with training interactions: only their ID vectors were trained (set_trained_users).
+        self.register_buffer("trained_users", torch.ones(n_users, dtype=torch.bool))
 
     def set_history(self, weights: sp.csr_matrix) -> None:
-        """``weights[u, i]`` > 0 for items in u's history (training interactions only)."""
+        """``weights[u, i]`` > 0 for items in u's history (the training interactions; at
+        test time, with ``evaluate.query_history: train+val``, the validation ones too)."""
         self.hist = weights.tocsr().astype(np.float32)
-        self.has_history = torch.as_tensor(np.diff(self.hist.indptr) > 0, device=self.has_history.device)
+
+    def set_trained_users(self, mask: np.ndarray) -> None:
+        """Users whose ID vector training updated (the others keep a zero ID vector)."""
+        self.trained_users = torch.as_tensor(mask, dtype=torch.bool, device=self.trained_users.device)
 
     def _pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None,
                         weights: sp.csr_matrix | None = None) -> torch.Tensor:
@@ -228,7 +233,7 @@ class UserTower(nn.Module):
         parts = self.features(users) if self.use_features else []
         if self.use_ids:
             # Users never seen in training keep a zero ID vector instead of an untrained one.
-            parts.append(self.id_emb(users) * self.has_history[users, None])
+            parts.append(self.id_emb(users) * self.trained_users[users, None])
         if self.history != "none":
             parts.append(self._pooled_history(users, leave_out, history))
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)

@@ -111,6 +111,7 @@ def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
     seen_items = np.zeros(data.n_items, bool)
     seen_items[data.train["item"].to_numpy()] = True
     user = UserTower(data.n_users, data.n_items, data.user_features, seen_users, model_cfg)
+    user.set_trained_users(seen_users)
     pop = (popularity_features(data, model_cfg["popularity_window_days"])
            if model_cfg["item_popularity"] else None)
     item = ItemTower(data.n_items, data.item_features, seen_items, model_cfg, popularity=pop)
