@@ -93,7 +93,7 @@ def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
     assert d["rows_read"] == d["ratings"] + sum(d["dropped"].values())
     assert sum(s["ratings"] for s in d["splits"].values()) == d["ratings"]
     assert f"| Interactions kept | {d['ratings']} |" in md
-    assert "**Protocol: global temporal split 80/10/10**" in md
+    assert "**Protocol: global temporal split 80/10/10; queries read their training history (reference)**" in md
     assert "every held-out interaction (the log has no rating column)" in md
     assert {"age", "country"} == set(d["features"]["user"]) and d["features"]["item"]["genres"]["vocabulary"] == 15
     # the verdict in words agrees with the paired figures it quotes
@@ -162,3 +162,21 @@ def test_feature_keys_are_resolved_against_the_user_folder(tmp_path, monkeypatch
                             {"data": body["data"]})
     assert params["data"]["item_features"]["path"] == str(tmp_path / "data" / "items.parquet")
     assert steps.data_key_extra(configure(**params).cfg)["files"]  # sizes and times of the user's files
+
+
+def test_a_report_under_another_protocol_names_it(tmp_path):
+    path = _report_file(tmp_path, ["popularity", "itemknn"], extra={"leave_last": 1})
+    body = json.loads(path.read_text())
+    body["evaluate"] = {"query_history": "train+val", "refit": True}
+    path.write_text(json.dumps(body))
+    pipeline.render_report("movielens", str(path))
+    md = (tmp_path / "out" / "mine.md").read_text()
+    ctx = json.loads((tmp_path / "out" / "mine.json").read_text())
+    assert ("**Protocol: per-user temporal leave-last-1 (each user's last 1 interactions to test, the 1 before to "
+            "validation); queries read their history through validation (no retraining); every model refit on "
+            "train+val with what validation chose, then tested**") in md
+    assert all(r["protocol"] == {"query_history": "train+val", "refit": True} and "refit" in r
+               for r in ctx["runs"].values())
+    # per user: one test interaction each, so HitRate@10 = Recall@10 for every model
+    for row in ctx["comparison"]:
+        assert row["m"]["hit_rate@10"] == pytest.approx(row["m"]["recall@10"])

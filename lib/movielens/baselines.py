@@ -26,6 +26,7 @@ rounding), so the evaluator can use FAISS inner-product search instead.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -108,6 +109,18 @@ class _Base:
                 f"user index out of range [0, {self.n_users_}) in score()"
             )
         return users
+
+    def with_history(self, history) -> "_Base":
+        """This fitted model scoring from another user x item history (e.g. training plus
+        validation interactions at test time, no refit): a copy whose user rows, and whose
+        empty-row fallback, come from ``history``. Models that read no user rows at score
+        time (popularity, factor models' trained user vectors) return themselves."""
+        if not hasattr(self, "_X"):
+            return self
+        other = copy.copy(self)
+        other._X = _as_binary_csr(history)
+        other._empty_users = np.diff(other._X.indptr) == 0
+        return other
 
     def _apply_fallback(self, users: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Replace rows of users with an empty training row by popularity."""

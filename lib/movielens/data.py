@@ -17,6 +17,7 @@ The MovieLens licence forbids redistribution, so nothing here writes the data in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -418,6 +419,14 @@ class PreparedData:
         """``min_rating`` as a filter on this data's ratings: none (every interaction a
         positive) for a log without a rating column."""
         return min_rating if self.has_rating else -np.inf
+
+    def through_validation(self) -> "PreparedData":
+        """This data with the validation split moved into training, test unchanged: the
+        history a model reads at test time under ``evaluate.query_history: train+val``, and
+        what ``evaluate.refit`` trains on. Nothing of the test period enters."""
+        train = pd.concat([self.train, self.val], ignore_index=True).sort_values("timestamp", kind="stable")
+        return dataclasses.replace(self, train=train.reset_index(drop=True), val=self.val.iloc[:0],
+                                   meta=dict(self.meta, through_validation=True))
 
     def item_feature(self, name: str) -> Feature | None:
         return next((f for f in self.item_features if f.name == name), None)

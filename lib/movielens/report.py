@@ -361,13 +361,18 @@ DATASET_REPORT_DEFAULTS = {
     "bootstrap": 1000,
     "latency": True,       # serving latency of the chosen two-tower
 }
-DATASET_FILE_KEYS = ("study", "data", "models", "report", "seed")
+DATASET_FILE_KEYS = ("study", "data", "evaluate", "models", "report", "seed")
+QUERY_HISTORY = {"train": "queries read their training history (reference)",
+                 "train+val": "queries read their history through validation (no retraining)"}
 
 
 def dataset_report_config(raw: dict, path: Path) -> dict:
     """The config of a report on one dataset: ``data`` (the params data section every model
-    runs on), optional ``models`` (names of ``DATASET_MODELS`` or ``{label, params}`` run
-    files), ``report`` (output, title, bootstrap, latency) and ``seed``."""
+    runs on), optional ``evaluate`` (e.g. the test-time protocol: ``query_history``,
+    ``refit``; for every model alike), ``models`` (names of ``DATASET_MODELS`` or
+    ``{label, params}`` run files), ``report`` (output, title, bootstrap, latency), ``seed``."""
+    if raw.get("evaluate") is not None and not isinstance(raw["evaluate"], dict):
+        raise ParamsError(f"{path}: 'evaluate' must be a mapping (a run's evaluate section), got {raw['evaluate']!r}")
     unknown = set(raw) - set(DATASET_FILE_KEYS)
     if unknown:
         raise ParamsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {list(DATASET_FILE_KEYS)}")
@@ -389,7 +394,7 @@ def dataset_report_config(raw: dict, path: Path) -> dict:
             label, params, extra = entry["label"], entry["params"], {}
         else:
             raise ParamsError(f"{path}: models: each entry is a model name or {{label, params}}, got {entry!r}")
-        overrides = deep_merge(extra, {"data": raw["data"], "seed": seed})
+        overrides = deep_merge(extra, {"data": raw["data"], "evaluate": raw.get("evaluate") or {}, "seed": seed})
         models.append({"label": label, "params": params, "overrides": overrides})
     if len({m["label"] for m in models}) != len(models):
         raise ParamsError(f"{path}: models: two entries share one label")
@@ -457,7 +462,11 @@ def render_dataset_report(rcfg: dict) -> dict:
     first = results[0][1]
     checks = {_shown(name): digest for res in cache.values() for name, digest in res["data"].get("checksums", {}).items()}
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
-    context = {"title": rcfg["title"], "name": rcfg["name"], "data": first["data"], "data_params": first["config"]["data"],
+    e = first["config"]["evaluate"]
+    protocol = "; ".join([first["data"]["protocol"], QUERY_HISTORY[e["query_history"]]]
+                         + (["every model refit on train+val with what validation chose, then tested"] if e["refit"] else []))
+    context = {"title": rcfg["title"], "name": rcfg["name"], "protocol": protocol,
+               "data": first["data"], "data_params": first["config"]["data"],
                "baselines": baselines, "variants": variants, "best": best, "best_row": best_row,
                "comparison": comparison, "best_base": best_base, "paired": paired, "words": words,
                "verdicts": _verdicts(best_row, comparison) if best_row and baselines else [],

@@ -7,6 +7,7 @@ validation NDCG@10 (the test split is never looked at to choose).
 """
 from __future__ import annotations
 
+import copy
 import pickle
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..core.params import ParamsError, require
 from . import baselines, evaluate as evaluation
 from .data import DataError, PreparedData, date_seconds, prepared_data, source_fingerprint
 from .features import normalise_schema
-from .train import DivergedError, Trainer, build_model
+from .train import DivergedError, Trainer, build_model, history_weights
 
 DEFAULTS = {
     "data": {
@@ -73,6 +74,9 @@ DEFAULTS = {
     "evaluate": {
         "splits": ["val", "test"], "top_k": 100, "diversity_k": 10,
         "bootstrap": 1000, "latency": False, "latency_repeats": 1000,
+        # the protocol at test time (validation is always scored on the training history):
+        "query_history": "train",   # train (reference) | train+val: queries read history through validation
+        "refit": False,             # refit every model on train+val with what validation chose, then test
     },
 }
 # The code whose change invalidates cached data, models and metrics (lib.core.runs.code_version):
@@ -146,6 +150,10 @@ def validate(cfg: dict) -> None:
     require(e["bootstrap"] >= 20, f"evaluate.bootstrap must be >= 20 resamples, got {e['bootstrap']}")
     require(e["latency_repeats"] >= 1, f"evaluate.latency_repeats must be >= 1, got {e['latency_repeats']}")
     require(2 <= e["diversity_k"] <= e["top_k"], f"evaluate.diversity_k must be in 2..top_k, got {e['diversity_k']}")
+    require(e["query_history"] in ("train", "train+val"),
+            f"evaluate.query_history: train | train+val, got {e['query_history']!r}")
+    require(not e["refit"] or e["query_history"] == "train+val",
+            "evaluate.refit trains on train+val, so its queries read that history: set evaluate.query_history: train+val")
     if m["kind"] != "two_tower":
         cls = baselines.BASELINES[m["kind"]]
         try:
@@ -328,6 +336,71 @@ def load_model(run, data: PreparedData):
         return pickle.load(fh)
 
 
+# -- the test-time protocols ---------------------------------------------------------------------
+def with_history(model, data: PreparedData, model_cfg: dict):
+    """A copy of a trained model whose queries read ``data``'s training split as history
+    (``through_validation``: history up to the test period, no retraining). What reads a
+    history: a two-tower's pooled history, ItemKNN's and EASE's user rows; a factor
+    model's user vectors and the popularity counts stay as trained."""
+    if isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model)
+        tower = model.user_tower
+        if tower.history != "none":
+            tower.set_history(history_weights(data, tower.history, model_cfg["history_half_life_days"]))
+        return model
+    return model.with_history(data.matrix("train")) if hasattr(model, "with_history") else model
+
+
+def refit(run, data: PreparedData, record: dict):
+    """The run's model refit on train+val (``data`` is ``through_validation``) with what
+    validation chose: a baseline's selected hyperparameters, a two-tower's best epoch count
+    (no early stopping: nothing is held out). Cached beside the model (``refit.*``)."""
+    done = read_json(run.model_dir / "refit.json")
+    if not (done and done.get("key") == run.train_key):
+        with file_lock(run.model_dir / "refit"):
+            done = read_json(run.model_dir / "refit.json")
+            if not (done and done.get("key") == run.train_key):
+                done = _refit(run, data, record)
+    return _load_refit(run, data), {"seconds": done["seconds"], "epochs": done.get("epochs")}
+
+
+def _refit(run, data: PreparedData, record: dict) -> dict:
+    cfg = run.cfg
+    set_threads(cfg["train"]["threads"])
+    t0 = time.perf_counter()
+    folder = run.model_dir
+    out = {"key": run.train_key}
+    if cfg["model"]["kind"] == "two_tower":
+        epochs = int(record["best_epoch"])
+        train_cfg = dict(cfg["train"], max_epochs=epochs, patience=epochs + 1, early_stopping_metric="val_loss")
+        trainer = Trainer(data, cfg["model"], cfg["loss"], train_cfg, cfg["seed"], cfg["device"])
+        try:
+            trainer.fit()
+        except DivergedError as exc:
+            raise DivergedError(f"run {cfg['run']} (refit on train+val): {exc}; nothing was cached") from exc
+        with atomic_path(folder / "refit.pt") as tmp:
+            torch.save(trainer.model.state_dict(), tmp)
+        out["epochs"] = epochs
+    else:
+        model = _fit_baseline(cfg, data, record["hyperparameters"])
+        with atomic_path(folder / "refit.pkl") as tmp, open(tmp, "wb") as fh:
+            pickle.dump(model, fh)
+    out["seconds"] = time.perf_counter() - t0
+    atomic_write_json(folder / "refit.json", out)  # written last: the entry is complete
+    return out
+
+
+def _load_refit(run, data: PreparedData):
+    cfg = run.cfg
+    if cfg["model"]["kind"] == "two_tower":
+        model = build_model(data, cfg["model"])
+        model.load_state_dict(torch.load(run.model_dir / "refit.pt", map_location="cpu"))
+        model.eval()
+        return model.to(pick_device(cfg["device"]))
+    with open(run.model_dir / "refit.pkl", "rb") as fh:
+        return pickle.load(fh)
+
+
 # -- evaluation ------------------------------------------------------------------------------
 def evaluate(run) -> dict:
     """Evaluate the run's model on its splits unless ``metrics.json`` holds this run's key;
@@ -343,11 +416,20 @@ def evaluate(run) -> dict:
     set_threads(cfg["train"]["threads"])
     device = pick_device(cfg["device"])
     model = load_model(run, data)
+    e = cfg["evaluate"]
     out = {"key": key, "run": cfg["run"], "config": cfg, "train": read_json(run.model_dir / "train.json"),
-           "splits": {}, "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items, **data.meta}}
+           "splits": {}, "data": {"name": data.name, "n_users": data.n_users, "n_items": data.n_items, **data.meta},
+           "protocol": {"query_history": e["query_history"], "refit": e["refit"]}}
     per_user_store = {}
-    for split in cfg["evaluate"]["splits"]:
-        out["splits"][split], per_user = evaluation.evaluate_split(model, data, cfg, split, device)
+    for split in e["splits"]:
+        split_model, split_data = model, data
+        if split == "test" and e["query_history"] == "train+val":
+            split_data = data.through_validation()
+            if e["refit"]:
+                split_model, out["refit"] = refit(run, split_data, out["train"])
+            else:
+                split_model = with_history(model, split_data, cfg["model"])
+        out["splits"][split], per_user = evaluation.evaluate_split(split_model, split_data, cfg, split, device)
         per_user_store.update({f"{split}/{m}": v for m, v in per_user.items()})
     if cfg["evaluate"]["latency"] and isinstance(model, torch.nn.Module):
         out["latency"] = evaluation.latency(model, data, cfg["evaluate"]["latency_repeats"], device)
