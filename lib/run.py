@@ -22,18 +22,18 @@ from pathlib import Path
 
 from .core import notebooks, runner
 from .core.params import ParamsError, load_yaml
-from .core.runs import BUILD_ENV, report_runs, run_parameters
+from .core.runs import BUILD_ENV, is_report_file, report_runs, run_parameters
 
 DATA_ROOT_ENV = "TWOTOWER_DATA_ROOT"  # read by the studies' loaders
 
 
 def check(paths: list[str]) -> int:
-    """Validate every file (a run file, or a report file with a ``report`` section and the
-    runs it lists); print one line per file; 2 if any failed."""
+    """Validate every file (a run file, or a report file and every run it lists,
+    ``lib.core.runs.is_report_file``); print one line per file; 2 if any failed."""
     bad = 0
     for p in paths:
         try:
-            if "report" in load_yaml(p):
+            if is_report_file(p, load_yaml(p)):
                 report_runs(p)
             else:
                 run_parameters(p)

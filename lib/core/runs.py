@@ -131,6 +131,8 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
     values. The run is named by ``run_name``."""
     path = resolve_path(path)
     raw = load_yaml(path)
+    if is_report_file(path, raw):
+        raise ParamsError(f"{path} is a report file: run it with --report {path} (make report REPORT={path})")
     study = raw.get("study", path.parent.name)
     for section in SECTIONS:
         if raw.get(section) is not None and not isinstance(raw[section], dict):
@@ -194,6 +196,15 @@ def _absolute_paths(params: dict) -> None:
 def run_from_file(path: str | Path, overrides: dict | None = None) -> Run:
     """The ``Run`` of a params file (plus overrides), as ``python -m lib.run`` runs it."""
     return configure(**run_parameters(path, overrides))
+
+
+REPORT_FILE_NAME = "report.yaml"
+
+
+def is_report_file(path: str | Path, raw: dict) -> bool:
+    """A report file (rather than a run file): named ``report.yaml``, or with a ``report``
+    or ``models`` section."""
+    return Path(path).name == REPORT_FILE_NAME or "report" in raw or "models" in raw
 
 
 def read_report_file(path: str | Path, study: str | None = None) -> tuple[str, dict]:

@@ -190,8 +190,9 @@ def _validate_protocol(d: dict) -> None:
 
 def _validate_interactions(d: dict) -> None:
     from .interactions import file_format
+    # Files are named here and opened when the data is prepared (a missing one is a DataError
+    # naming it then): a params file can be checked before its data exists (e.g. the example's).
     require(isinstance(d["path"], str) and d["path"], "data.path: the interactions file (CSV, TSV or Parquet)")
-    require(Path(d["path"]).is_file(), f"data.path: no such file: {d['path']}")
     try:
         file_format(d["path"])
     except DataError as exc:
@@ -211,7 +212,7 @@ def _validate_interactions(d: dict) -> None:
         where = f"data.{side}_features"
         require(isinstance(spec, dict) and set(spec) == {"path", "key", "columns"},
                 f"{where}: a mapping with exactly path, key and columns, got {spec!r}")
-        require(isinstance(spec["path"], str) and Path(spec["path"]).is_file(), f"{where}.path: no such file: {spec['path']}")
+        require(isinstance(spec["path"], str) and spec["path"], f"{where}.path: the {side} feature file")
         require(isinstance(spec["key"], str) and spec["key"], f"{where}.key: the column holding the {side} id")
         normalise_schema(f"{where}.columns", spec["columns"])
         require(bool(spec["columns"]), f"{where}.columns: at least one feature")
