@@ -128,3 +128,23 @@ def test_report_validates_every_run_then_renders_the_report_file_it_was_given(mo
     assert len(ran) == 50  # 43 run files + 7 variants on ML-100K
     assert rendered == [("04_compare.ipynb", {"study": "movielens", "report_file": str(report_file.resolve()),
                                               "output": None, "run_overrides": {}})]
+
+
+@pytest.mark.e2e
+def test_a_kernel_start_prints_no_transport_warning(tmp_path, capfd, monkeypatch):
+    """Kernels talk over IPC sockets (lib.core.notebooks): ipykernel's warning about TCP
+    without encryption, once printed by every kernel start, is gone; no socket folder stays."""
+    import tempfile
+    from lib.core import notebooks
+    from lib.core.runs import run_from_file
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / "build"))
+    f = tmp_path / "movielens" / "tiny.yaml"
+    f.parent.mkdir()
+    f.write_text("data: {dataset: synthetic}\nmodel: {kind: popularity}\n")
+    from lib.core.runs import run_parameters
+    before = set(Path(tempfile.gettempdir()).glob("twotower-kernel-*"))
+    notebooks.execute("01_data_prep.ipynb", run_parameters(f), tmp_path / "out")
+    out, err = capfd.readouterr()
+    assert (tmp_path / "out" / "01_data_prep.ipynb").is_file() and run_from_file(f).data_dir.is_dir()
+    assert "running over TCP" not in out + err
+    assert set(Path(tempfile.gettempdir()).glob("twotower-kernel-*")) == before

@@ -38,6 +38,31 @@ def check_notebooks() -> None:
                 raise RuntimeError(f"notebooks/{nb}: the parameters cell lacks {sorted(missing)}")
 
 
+@functools.lru_cache(maxsize=None)
+def _ipc_kernel_manager():
+    """A kernel manager whose kernels talk to papermill over local IPC sockets (in a fresh
+    temporary folder per kernel) instead of TCP ports: nothing listens on a port, and
+    ipykernel's 'Kernel is running over TCP without encryption' warning, printed by every
+    kernel start, is gone."""
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", str(Path(tempfile.mkdtemp(prefix="twotower-kernel-")) / "kernel"))
+            super().__init__(**kwargs)
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
+    return IPCKernelManager
+
+
 def execute(notebook: str, parameters: dict, out_dir: Path, log=None, html: bool = False) -> Path:
     """Execute one notebook with papermill into ``out_dir``; its cell output goes to ``log``
     (default: this process's stdout/stderr). ``html``: also export the executed notebook
@@ -47,7 +72,8 @@ def execute(notebook: str, parameters: dict, out_dir: Path, log=None, html: bool
     target = out_dir / notebook
     papermill.execute_notebook(str(NOTEBOOKS / notebook), str(target), parameters=parameters,
                                cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
-                               log_output=True, stdout_file=log or sys.stdout, stderr_file=log or sys.stderr)
+                               log_output=True, stdout_file=log or sys.stdout, stderr_file=log or sys.stderr,
+                               kernel_manager_class=_ipc_kernel_manager())
     if html:
         export_html(target)
     return target

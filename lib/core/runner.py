@@ -24,10 +24,6 @@ from . import notebooks
 from .params import load_yaml
 from .runs import ROOT, build_root, configure, report_runs, run_parameters
 
-# printed by every kernel papermill starts; says nothing about the run
-_NOISE = ("Kernel is running over TCP without encryption",)
-
-
 class RunFailed(RuntimeError):
     """A run's notebook raised: names the run, the exception and where its log is."""
 
@@ -152,7 +148,7 @@ def _output(proc: subprocess.Popen) -> list[str]:
     out.seek(0)
     lines = [ln.rstrip() for ln in out.read().splitlines()]
     out.close()
-    return [ln for ln in lines if ln and not any(n in ln for n in _NOISE)]
+    return [ln for ln in lines if ln]
 
 
 def _stop(running: dict, grace: float = 10.0) -> None:
