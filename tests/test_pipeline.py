@@ -28,13 +28,15 @@ def test_ml100k_end_to_end_through_notebooks(tmp_path, shared_data, monkeypatch)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["data"]["name"] == "ml-100k"
     test = m["splits"]["test"]
+    # pinned at 84adf17 (user ID vectors used without a history: the training loss falls
+    # faster than before the fix, 3.150 against 3.400 at epoch 3)
     assert test["n_users"] == 152
-    assert test["metrics"]["recall@10"] == pytest.approx(0.06084002265106283, rel=1e-6)
-    assert test["metrics"]["ndcg@10"] == pytest.approx(0.2094238901212493, rel=1e-6)
-    assert test["metrics"]["hit_rate@10"] == pytest.approx(0.5657894736842105, rel=1e-6)
+    assert test["metrics"]["recall@10"] == pytest.approx(0.05997145048152213, rel=1e-6)
+    assert test["metrics"]["ndcg@10"] == pytest.approx(0.20303845435042592, rel=1e-6)
+    assert test["metrics"]["hit_rate@10"] == pytest.approx(0.5723684210526315, rel=1e-6)
     assert test["faiss_equals_bruteforce@10"] == 1.0
     assert [r["train_loss"] for r in m["train"]["history"]] == pytest.approx(
-        [3.576700222876764, 3.436488611467423, 3.4000743650620984], rel=1e-6)
+        [3.5704130834148775, 3.3047870297585766, 3.1499898433685303], rel=1e-6)
     # second call is cached: nothing re-executes
     mtime = (run_dir / "metrics.json").stat().st_mtime
     runner.run_one(f)
