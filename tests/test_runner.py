@@ -148,3 +148,9 @@ def test_a_kernel_start_prints_no_transport_warning(tmp_path, capfd, monkeypatch
     assert (tmp_path / "out" / "01_data_prep.ipynb").is_file() and run_from_file(f).data_dir.is_dir()
     assert "running over TCP" not in out + err
     assert set(Path(tempfile.gettempdir()).glob("twotower-kernel-*")) == before
+
+
+@pytest.mark.unit
+def test_progress_gives_the_count_and_the_time_left_at_the_pace_so_far():
+    assert runner.progress(1, 4, 20.0) == "1/4, about 60 s left" and runner.progress(2, 4, 200.0) == "2/4, about 3 min left"
+    assert runner.progress(4, 4, 500.0) == "4/4" and runner.progress(3, 4, 3.0) == "3/4, about 1 s left"

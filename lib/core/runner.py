@@ -85,13 +85,25 @@ def expected_cost(item) -> int:
     return 1 if train.get("batching") == "users" else 2
 
 
+def progress(done: int, total: int, elapsed: float) -> str:
+    """``done/total`` and, while runs are left, the time left at the pace so far (runs are
+    started most expensive first, so the estimate errs long)."""
+    if done >= total or done == 0:
+        return f"{done}/{total}"
+    left = elapsed / done * (total - done)
+    return f"{done}/{total}, about {left / 60:.0f} min left" if left >= 90 else f"{done}/{total}, about {left:.0f} s left"
+
+
 def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False) -> None:
     """Run several params files (or ``(file, overrides)`` pairs), ``jobs`` at a time (each
     run's torch uses its own ``train.threads``; the default 1 fits one run per core)."""
+    start = time.monotonic()
     if jobs <= 1 or len(items) <= 1:
-        for item in items:
+        for done, item in enumerate(items, 1):
             p, ov = _split(item)
             run_one(p, force=force, overrides=ov, html=html)
+            if len(items) > 1:
+                print(f"({progress(done, len(items), time.monotonic() - start)})", flush=True)
         return
     order = sorted(items, key=expected_cost, reverse=True)
     print(f"running {len(order)} runs, {jobs} at a time; each run's notebook output is in "
@@ -112,7 +124,7 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
                 lines = _output(proc)
                 if proc.returncode == 0:
                     last = lines[-1] if lines else f"[{Path(path).stem}] done"
-                    print(f"{last} ({done}/{len(order)})", flush=True)
+                    print(f"{last} ({progress(done, len(order), time.monotonic() - start)})", flush=True)
                 else:
                     reason = next((ln for ln in reversed(lines) if ln.startswith("error:")), None)
                     reason = reason or (lines[-1] if lines else f"exit status {proc.returncode}")
