@@ -105,6 +105,20 @@ def file_lock(target: str | Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def built_once(record: str | Path, key: str, build, lock: str | Path | None = None) -> dict:
+    """The JSON record of a cache entry whose ``key`` matches, else ``build()`` (which writes
+    the entry and its record last, and returns the record) under ``lock`` (default: the
+    record's folder), checking again once the lock is held: parallel runs that need one
+    entry build it once, the others wait and read it."""
+    record = Path(record)
+    found = read_json(record)
+    if found and found.get("key") == key:
+        return found
+    with file_lock(lock or record.parent):
+        found = read_json(record)
+        return found if found and found.get("key") == key else build()
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

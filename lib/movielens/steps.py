@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..core.device import pick_device, set_threads
-from ..core.files import atomic_path, atomic_write_json, file_lock, read_json
+from ..core.files import atomic_path, atomic_write_json, built_once, read_json
 from ..core.params import ParamsError, require
 from . import baselines, evaluate as evaluation
 from .data import DataError, PreparedData, date_seconds, prepared_data, source_fingerprint
@@ -258,19 +258,10 @@ def _fit_baseline(cfg, data: PreparedData, hyper: dict):
     return model.fit(data.matrix("train"), data.train)
 
 
-def _cached_train_record(run) -> dict | None:
-    rec = read_json(run.model_dir / "train.json")
-    return rec if rec and rec.get("key") == run.train_key else None
-
-
 def train(run) -> dict:
     """Train the run's model unless the model store holds it (keyed by data, model, loss,
     train, seed and code: runs that differ only in evaluation share one training)."""
-    rec = _cached_train_record(run)
-    if rec is None:
-        with file_lock(run.model_dir):  # two runs sharing one model (parallel): trained once
-            rec = _cached_train_record(run) or _train(run)
-    return _train_tables(rec)
+    return _train_tables(built_once(run.model_dir / "train.json", run.train_key, lambda: _train(run)))
 
 
 def _train(run) -> dict:
@@ -326,14 +317,16 @@ def _train_tables(record: dict) -> dict:
     return out
 
 
-def load_model(run, data: PreparedData):
+def load_model(run, data: PreparedData, stem: str = "model"):
+    """The run's trained model (``stem`` ``refit``: the one refit on train+val, with ``data``
+    its ``through_validation``)."""
     cfg = run.cfg
     if cfg["model"]["kind"] == "two_tower":
         model = build_model(data, cfg["model"])
-        model.load_state_dict(torch.load(run.model_dir / "model.pt", map_location="cpu"))
+        model.load_state_dict(torch.load(run.model_dir / f"{stem}.pt", map_location="cpu"))
         model.eval()
         return model.to(pick_device(cfg["device"]))
-    with open(run.model_dir / "model.pkl", "rb") as fh:
+    with open(run.model_dir / f"{stem}.pkl", "rb") as fh:
         return pickle.load(fh)
 
 
@@ -356,13 +349,9 @@ def refit(run, data: PreparedData, record: dict):
     """The run's model refit on train+val (``data`` is ``through_validation``) with what
     validation chose: a baseline's selected hyperparameters, a two-tower's best epoch count
     (no early stopping: nothing is held out). Cached beside the model (``refit.*``)."""
-    done = read_json(run.model_dir / "refit.json")
-    if not (done and done.get("key") == run.train_key):
-        with file_lock(run.model_dir / "refit"):
-            done = read_json(run.model_dir / "refit.json")
-            if not (done and done.get("key") == run.train_key):
-                done = _refit(run, data, record)
-    return _load_refit(run, data), {"seconds": done["seconds"], "epochs": done.get("epochs")}
+    done = built_once(run.model_dir / "refit.json", run.train_key, lambda: _refit(run, data, record),
+                      lock=run.model_dir / "refit")
+    return load_model(run, data, "refit"), {"seconds": done["seconds"], "epochs": done.get("epochs")}
 
 
 def _refit(run, data: PreparedData, record: dict) -> dict:
@@ -389,17 +378,6 @@ def _refit(run, data: PreparedData, record: dict) -> dict:
     out["seconds"] = time.perf_counter() - t0
     atomic_write_json(folder / "refit.json", out)  # written last: the entry is complete
     return out
-
-
-def _load_refit(run, data: PreparedData):
-    cfg = run.cfg
-    if cfg["model"]["kind"] == "two_tower":
-        model = build_model(data, cfg["model"])
-        model.load_state_dict(torch.load(run.model_dir / "refit.pt", map_location="cpu"))
-        model.eval()
-        return model.to(pick_device(cfg["device"]))
-    with open(run.model_dir / "refit.pkl", "rb") as fh:
-        return pickle.load(fh)
 
 
 # -- evaluation ------------------------------------------------------------------------------
