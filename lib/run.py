@@ -3,6 +3,7 @@
     python -m lib.run params/movielens/two_tower_reference.yaml [more.yaml ...] [--force]
     python -m lib.run --report params/movielens/report.yaml [--output PATH] [--jobs 2]
     python -m lib.run --check params/*/*.yaml   # validate only (run files and report files)
+    python -m lib.run --schema movielens        # every params key: type, default, range, allowed values
 
 A run executes notebooks 01-03 with the params file; a report executes 04, which gathers
 the runs its report file lists. Every params file is validated (top-level keys against
@@ -20,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .core import notebooks, runner
+from .core import notebooks, runner, studies
 from .core.params import ParamsError, load_yaml
 from .core.runs import BUILD_ENV, is_report_file, report_runs, run_parameters
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report", help="a report params file (params/<study>/report.yaml)")
     ap.add_argument("--output", help="markdown path of the report (default: the report file's)")
     ap.add_argument("--check", action="store_true", help="validate the params files only")
+    ap.add_argument("--schema", metavar="STUDY", help="print the study's params schema (JSON Schema: every key, "
+                                                      "its type, default, range and allowed values)")
     ap.add_argument("--force", action="store_true", help="re-run even if up to date")
     ap.add_argument("--jobs", "-j", type=int, default=1, help="runs executed at a time (default 1)")
     ap.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
@@ -66,6 +69,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
+    if args.schema:
+        try:
+            print(json.dumps(studies.steps(args.schema).SCHEMA.model_json_schema(), indent=1))
+        except ParamsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if not args.params and not args.report:
         ap.error("give params files to run (or --check), or --report FILE")
     signal.signal(signal.SIGTERM, _terminate)

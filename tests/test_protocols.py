@@ -110,5 +110,5 @@ def test_refit_two_tower_trains_the_best_epoch_count_on_train_and_val():
 def test_refit_needs_the_longer_history():
     with pytest.raises(ParamsError, match="set evaluate.query_history: train\\+val"):
         _run({"kind": "popularity"}, evaluate={"refit": True})
-    with pytest.raises(ParamsError, match="evaluate.query_history: train \\| train\\+val"):
+    with pytest.raises(ParamsError, match="evaluate.query_history: unknown 'all'; known: 'train' or 'train\\+val'"):
         _run({"kind": "popularity"}, evaluate={"query_history": "all"})

@@ -122,7 +122,7 @@ def test_a_log_without_features_still_gets_two_tower_and_baselines(tmp_path):
     ({"modles": []}, "unknown top-level key(s) ['modles']"),
     ({"data": {"dataset": "interactions", "path": "/nowhere.txt"}}, "data.path: /nowhere.txt: unknown file type"),
     ({"data": {"dataset": "interactions"}}, "data.path: the interactions file (CSV, TSV or Parquet)"),
-    ({"data": {"dataset": "interactions", "path": "EXISTING", "duplicates": "latest"}}, "data.duplicates: first | last | all"),
+    ({"data": {"dataset": "interactions", "path": "EXISTING", "duplicates": "latest"}}, "data.duplicates: unknown 'latest'; known: 'first', 'last' or 'all'"),
     ({"data": {"dataset": "interactions", "path": "EXISTING", "columns": {"usr": "a"}}}, "unknown params key 'data.columns.usr'"),
     ({"data": {"dataset": "interactions", "path": "EXISTING", "leave_last": 1, "split_dates": ["2016-01-01", "2017-01-01"]}},
      "data.split_dates and data.leave_last are two protocols"),

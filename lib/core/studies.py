@@ -4,15 +4,16 @@ module when a run asks for it (never at import time, so nothing in ``lib.core`` 
 a study).
 
 A study's ``steps`` module provides:
-- ``DEFAULTS``: the params sections ``data``, ``model``, ``loss``, ``train``, ``evaluate``
-  with every key's default (an unknown key in a params file is an error);
+- ``SCHEMA``: its params schema (``lib.core.schema``: pydantic, one model per section
+  ``data``, ``model``, ``loss``, ``train``, ``evaluate``), every key declared once;
+- ``DEFAULTS``: every key's default, the schema's (an unknown key in a params file is an error);
 - ``OPEN_KEYS``: dotted keys whose value is a free mapping (checked by the model itself);
 - ``KEY_CODE``: the source files whose change invalidates cached results;
 - ``TRAIN_EVALUATE_KEYS``: the ``evaluate`` keys training depends on (per-epoch evaluation);
 - optionally ``data_key_extra(cfg)``: what else prepared data depends on (a mapping);
 - optionally ``RENAMED_KEYS``: old dotted params key -> its new name; ``NULLABLE_KEYS``:
   dotted keys that take ``null`` although their default is not None;
-- ``validate(cfg)``: raise ``ParamsError`` on an impossible value;
+- ``validate(cfg)``: raise ``ParamsError`` on an impossible value (the schema's check);
 - ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
 Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to
 execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``;

@@ -17,71 +17,20 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from ..core import retrieval
 from ..core.device import pick_device, set_threads
 from ..core.files import atomic_folder, atomic_path, atomic_write_json, file_lock, read_json
-from ..core.params import require
+from ..core.schema import check, defaults, nullable_keys, open_keys
 from ..core.runs import build_root
 from . import bank as bankmod
 from . import data
 from . import evaluate as evaluation
+from .schema import RunParams
 
-SOURCES = ("builtin", "npz", "textdir", "synthetic")
-TOWERS = ("gru", "residual")
-
-DEFAULTS = {
-    "data": {
-        "source": "builtin",        # builtin | npz | textdir | synthetic
-        "path": None,               # the .npz bank or the folder of .txt files
-        "wiki_articles": None,      # cap on gensim wiki articles (None = all 106)
-        "summaries": None,          # cap on ovos summaries (None = all, 0 = none)
-        "min_words": 3,             # a chunk is a sentence of at least this many words
-        "embed_batch": 64,
-        "ctx_len": 100,
-        "stride": 1,                # window stride for training/validation pairs
-        "val_fraction": 0.1,        # share of long articles held out (split by article)
-        "n_train": 1247,            # training pairs drawn from train articles (None = all)
-        "n_val": 139,               # validation pairs drawn from val articles (None = all)
-        "n_eval": 1000,             # common final evaluation queries (same for every run)
-        "pair_cap": None,           # caps n_train (quick profiles)
-        "split_seed": 0,            # article split, pair sampling, eval set, synthetic bank
-        "synth_articles": 40,
-        "synth_len": 160,
-        "synth_dim": 32,
-        "synth_distractors": 400,
-    },
-    "model": {
-        "tower": "gru",             # gru (the reference's GRUPoolQuery) | residual
-        "gru_hidden": 512,          # GRU hidden size (per direction)
-        "decay": 0.9,               # residual tower: decay of its exp-weighted base
-    },
-    "loss": {
-        "temperature": 0.07,
-        "hard_negatives": 0,        # per pair, mined from the bank (0 = in-batch only)
-        "hard_pool": 50,            # mined among the top hard_pool of the heuristic query
-    },
-    "train": {
-        "max_epochs": 8,            # epochs run (no early stopping in this study)
-        "epoch_cap": None,          # caps max_epochs (quick profiles, smoke)
-        "batch_size": 32,
-        "accum_steps": 8,
-        "learning_rate": 2e-5,
-        "weight_decay": 0.01,
-        "threads": 1,               # torch + faiss threads (1: no OpenMP spin when the CPU is shared)
-        "epoch_eval_queries": 200,  # validation queries scored over the bank after each epoch
-    },
-    "evaluate": {
-        "cutoffs": [10, 100, 500, 1000],  # Recall@cutoff
-        "index": "exact",           # exact | ivf (the reference's IVF-flat)
-        "nlist": None,              # IVF lists (None = ~4 sqrt(N))
-        "nprobe": 32,
-        "heuristic_decay": 0.9,
-        "small_bank": 10000,        # Option 2: also score against a bank of this many chunks (0 = skip)
-        "batch_size": 32,           # in-batch top-1 is measured in blocks of this size
-    },
-}
-OPEN_KEYS: frozenset = frozenset()
-NULLABLE_KEYS = frozenset({"data.n_train", "data.n_val"})  # null = every window (keys defaulting to None are too)
+# Every params key, its default, type, range and rules: lib/wikiseq/schema.py, declared once.
+SCHEMA = RunParams
+DEFAULTS = defaults(RunParams)
+OPEN_KEYS = open_keys(RunParams)          # none
+NULLABLE_KEYS = nullable_keys(RunParams)  # data.n_train, data.n_val: null = every window
 # Keys renamed when the studies took one vocabulary (old -> new; all at once: the old
 # train.max_epochs, a cap, is now train.epoch_cap, and the old train.epochs is max_epochs).
 # An old key in a params file is an error that names the new one; reports rendered from
@@ -101,46 +50,8 @@ TRAIN_EVALUATE_KEYS = ("cutoffs", "heuristic_decay")
 
 
 def validate(cfg: dict) -> None:
-    d, m, lo, t, e = cfg["data"], cfg["model"], cfg["loss"], cfg["train"], cfg["evaluate"]
-    require(d["source"] in SOURCES, f"data.source must be one of {SOURCES}, got {d['source']!r}")
-    if d["source"] in ("npz", "textdir"):
-        require(isinstance(d["path"], str) and d["path"], f"data.path is required for source {d['source']}")
-    for key in ("ctx_len", "stride", "min_words", "embed_batch", "n_eval", "synth_articles",
-                "synth_len", "synth_dim"):
-        require(isinstance(d[key], int) and d[key] >= 1, f"data.{key} must be an integer >= 1, got {d[key]!r}")
-    require(d["synth_distractors"] >= 0, "data.synth_distractors must be >= 0")
-    for key in ("wiki_articles", "summaries", "n_train", "n_val", "pair_cap"):
-        v = d[key]
-        require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key == "summaries" else 1)),
-                f"data.{key} must be None or a positive integer, got {v!r}")
-    require(0 < d["val_fraction"] < 1, f"data.val_fraction must be in (0, 1), got {d['val_fraction']}")
-    require(m["tower"] in TOWERS, f"model.tower must be one of {TOWERS}, got {m['tower']!r}")
-    require(m["gru_hidden"] >= 1, f"model.gru_hidden must be >= 1, got {m['gru_hidden']}")
-    require(0 < m["decay"] <= 1, f"model.decay must be in (0, 1], got {m['decay']}")
-    require(lo["temperature"] > 0, f"loss.temperature must be > 0, got {lo['temperature']}")
-    require(lo["hard_negatives"] >= 0, "loss.hard_negatives must be >= 0")
-    require(lo["hard_pool"] >= max(1, lo["hard_negatives"]), "loss.hard_pool must be >= loss.hard_negatives")
-    require(t["max_epochs"] >= 0, f"train.max_epochs must be >= 0, got {t['max_epochs']}")
-    cap = t["epoch_cap"]
-    require(cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0),
-            f"train.epoch_cap must be None or an integer >= 0, got {cap!r}")
-    require(t["batch_size"] >= 2, "train.batch_size must be >= 2 (in-batch negatives)")
-    require(t["accum_steps"] >= 1, "train.accum_steps must be >= 1")
-    require(t["learning_rate"] > 0, f"train.learning_rate must be > 0, got {t['learning_rate']}")
-    require(t["weight_decay"] >= 0, "train.weight_decay must be >= 0")
-    require(t["threads"] >= 1, "train.threads must be >= 1")
-    require(t["epoch_eval_queries"] >= 1, "train.epoch_eval_queries must be >= 1")
-    cutoffs = e["cutoffs"]
-    require(len(cutoffs) > 0 and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in cutoffs),
-            f"evaluate.cutoffs must be positive integers, got {cutoffs}")
-    require(list(cutoffs) == sorted(set(cutoffs)), f"evaluate.cutoffs must be strictly increasing, got {cutoffs}")
-    require(e["index"] in retrieval.INDEXES, f"evaluate.index must be one of {retrieval.INDEXES}, got {e['index']!r}")
-    require(e["nlist"] is None or (isinstance(e["nlist"], int) and e["nlist"] >= 1),
-            f"evaluate.nlist must be None or an integer >= 1, got {e['nlist']!r}")
-    require(e["nprobe"] >= 1, "evaluate.nprobe must be >= 1")
-    require(0 < e["heuristic_decay"] <= 1, f"evaluate.heuristic_decay must be in (0, 1], got {e['heuristic_decay']}")
-    require(e["small_bank"] >= 0, "evaluate.small_bank must be >= 0")
-    require(e["batch_size"] >= 2, "evaluate.batch_size must be >= 2")
+    """Raise ``ParamsError`` on an impossible value or combination (the schema's rules)."""
+    check(RunParams, cfg)
 
 
 def _log(msg: str) -> None:
