@@ -50,3 +50,14 @@ def test_agreement_detects_a_wrong_list():
     wrong = exact.copy()
     wrong[:, [0, 9]] = wrong[:, [9, 0]]
     assert retrieval.agreement_with_bruteforce(u, v, users, seen, wrong) == 0.0
+
+
+def test_agreement_counts_users_across_batches():
+    """Checked a few users at a time (no users x items array), the share is the same: here
+    exactly the 13 users whose list was broken are counted out of 50."""
+    u, v, seen = _case(4)
+    users = np.arange(10, 60) % len(u)
+    lists = retrieval.brute_force_topk(u[users], v, users, seen, 10)
+    lists[::4, [0, 9]] = lists[::4, [9, 0]]  # 13 of the 50 lists in a wrong order
+    for batch in (1, 7, 50, 1000):
+        assert retrieval.agreement_with_bruteforce(u[users], v, users, seen, lists, batch_size=batch) == 37 / 50
