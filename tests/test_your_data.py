@@ -81,9 +81,9 @@ def _report_file(tmp_path, models, extra: dict | None = None):
 
 
 def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
-    path = _report_file(tmp_path, ["popularity", "ease", "two_tower_u1"])
+    path = _report_file(tmp_path, ["popularity", "ease", "two_tower_u1", "two_tower_u3"])
     study, rcfg = read_report_file(path)
-    assert study == "movielens" and rcfg["name"] == "mine" and len(rcfg["derived_runs"]) == 3
+    assert study == "movielens" and rcfg["name"] == "mine" and len(rcfg["derived_runs"]) == 4
     result = pipeline.render_report(study, str(path), run_overrides={"train": {"max_epochs": 2}})
     md = (tmp_path / "out" / "mine.md").read_text()
     ctx = json.loads((tmp_path / "out" / "mine.json").read_text())
@@ -103,6 +103,10 @@ def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
         assert f"{metric}: the two-tower {want}" in words or f"{metric}: {want}" in words
         assert f"{p['mean_diff']:+.4f}" in words and words in md
     assert ctx["best_base"]["label"] == max(ctx["baselines"], key=lambda r: r["m"]["ndcg@10"])["label"]
+    # the variant chosen is the one with the best validation NDCG@10, and only it is marked
+    chosen = max(ctx["variants"], key=lambda v: v["m"]["ndcg@10"])
+    assert [v["chosen"] for v in ctx["variants"]] == [v is chosen for v in ctx["variants"]]
+    assert md.count("**(chosen)**") == 1 and f"{chosen['label']} **(chosen)**" in md
     for rel in ctx["figs"].values():
         assert (tmp_path / "out" / rel).is_file() and rel in md
 
@@ -212,3 +216,16 @@ def test_check_validates_the_example_before_its_data_exists(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"ok: {example}"
     with pytest.raises(ParamsError, match="is a report file: run it with --report"):
         run_parameters(example)
+
+
+def test_the_example_data_is_rewritten_only_when_its_bytes_change(tmp_path):
+    """`make example` twice: the second leaves the files (and their times, hence the
+    cached runs) as they are; a changed size rewrites them, complete."""
+    folder = write_example(tmp_path / "ex", n_users=200, n_items=60, n_interactions=3_000)
+    times = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert sorted(times) == ["events.csv", "items.parquet", "users.csv"]
+    write_example(folder, n_users=200, n_items=60, n_interactions=3_000)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == times
+    write_example(folder, n_users=200, n_items=60, n_interactions=3_500)
+    assert sum(1 for _ in open(folder / "events.csv")) == 3_501  # a header and the new rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

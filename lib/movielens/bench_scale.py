@@ -391,7 +391,7 @@ def report(r: dict, scale: float | None, say=print) -> None:
             + (f" {row['traced_peak_mb']:15.1f}" if "traced_peak_mb" in row else ""))
     say(f"{'total (load + split .. last evaluation)':<50} {r['total_s']:9.1f} {r['process_peak_rss_gb']:12.2f}")
     g = r["generate"]
-    say(f"generating the log (child process, not in the total): "
+    say("generating the log (child process, not in the total): "
         + ("reused from --keep" if g["reused"] else f"{g['seconds']:.1f} s, peak RSS {g['peak_rss_gb']:.2f} GB"))
     settings = "; ".join(f"{m} {json.dumps(v, sort_keys=True)}" for m, v in r["settings"].items() if m != "two_tower")
     say(f"settings (one per model, no grid search): {settings}")

@@ -441,7 +441,7 @@ def render_dataset_report(rcfg: dict) -> dict:
     results = [(m, get(m)) for m in rcfg["models"]]
     baselines = [dict(_row(m["label"], res), hyperparameters=res["train"].get("hyperparameters"))
                  for m, res in results if res["config"]["model"]["kind"] != "two_tower"]
-    variants = [{"label": m["label"], "entry": m, "m": res["splits"]["val"]["metrics"],
+    variants = [{"label": m["label"], "entry": m, "m": res["splits"]["val"]["metrics"], "chosen": False,
                  "train_seconds": res["train"]["seconds"], "best_epoch": res["train"].get("best_epoch"),
                  "parameters": res["train"].get("parameters", {}).get("total")}
                 for m, res in results if res["config"]["model"]["kind"] == "two_tower"]
