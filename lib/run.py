@@ -66,6 +66,8 @@ def main(argv=None) -> int:
     # used by the runner when it executes runs in parallel, one process each
     ap.add_argument("--log-to-run-dir", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
+    # the runner's worker processes (--jobs > 1): runs read from stdin, one kernel for all of them
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
@@ -76,12 +78,17 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    if not args.params and not args.report:
+    if not args.params and not args.report and not args.worker:
         ap.error("give params files to run (or --check), or --report FILE")
     signal.signal(signal.SIGTERM, _terminate)
     for var in (BUILD_ENV, DATA_ROOT_ENV):  # kernels run in notebooks/: a relative folder means the user's
         if os.environ.get(var) and not Path(os.environ[var]).expanduser().is_absolute():
             os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    if args.worker:
+        try:
+            return runner.worker(html=args.html)
+        except KeyboardInterrupt:
+            return 130
     try:
         if not args.log_to_run_dir:  # the parent that started this run checked them
             notebooks.check_notebooks()

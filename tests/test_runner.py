@@ -159,3 +159,46 @@ def test_a_kernel_start_prints_no_transport_warning(tmp_path, capfd, monkeypatch
 def test_progress_gives_the_count_and_the_time_left_at_the_pace_so_far():
     assert runner.progress(1, 4, 20.0) == "1/4, about 60 s left" and runner.progress(2, 4, 200.0) == "2/4, about 3 min left"
     assert runner.progress(4, 4, 500.0) == "4/4" and runner.progress(3, 4, 3.0) == "3/4, about 1 s left"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_shared_kernel_gives_each_run_the_metrics_of_a_fresh_kernel(tmp_path, monkeypatch):
+    """Runs share one kernel (notebooks.KernelSession): a run executed after another in the
+    same kernel has exactly the metrics it has in a kernel of its own, and a notebook sees
+    nothing its predecessor defined; the kernel started once for six notebooks."""
+    import json
+    from jupyter_core.utils import run_sync
+    from lib.core import notebooks
+    d = tmp_path / "movielens"
+    d.mkdir()
+    (d / "first.yaml").write_text("data: {dataset: synthetic}\ntrain: {max_epochs: 2, batch_size: 128}\n"
+                                  "evaluate: {bootstrap: 50}\nseed: 5\n")
+    (d / "second.yaml").write_text("data: {dataset: synthetic}\nmodel: {history: recency, id_embeddings: true}\n"
+                                   "loss: {kind: full_softmax}\ntrain: {max_epochs: 2, batch_size: 128}\n"
+                                   "evaluate: {bootstrap: 50}\nseed: 1\n")
+    metrics = {}
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / "shared"))
+    with notebooks.KernelSession() as session:
+        for name in ("first", "second"):
+            run_dir = runner.run_one(d / f"{name}.yaml", quiet=True, session=session)
+            metrics[name, "shared"] = json.loads((run_dir / "metrics.json").read_text())["splits"]
+        assert session.starts == 1
+        kc = session.kernel().client()  # reset, as before the next notebook
+        kc.start_channels()
+        try:
+            reply = run_sync(kc.execute_interactive)("assert 'run' not in globals() and 'pipeline' not in globals()",
+                                                     timeout=60)
+        finally:
+            kc.stop_channels()
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert reply["content"]["execution_count"] == 1  # a fresh count, as in a new kernel
+    monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / "alone"))
+    run_dir = runner.run_one(d / "second.yaml", quiet=True)  # a kernel of its own
+    alone = json.loads((run_dir / "metrics.json").read_text())["splits"]
+
+    def figures(splits):  # every figure but the timings (ranking seconds, latency)
+        return {split: {k: v for k, v in m.items() if not k.endswith("seconds") and "latency" not in k}
+                for split, m in splits.items()}
+    assert figures(alone) == figures(metrics["second", "shared"])
+    assert alone["test"]["metrics"]["ndcg@10"] > 0

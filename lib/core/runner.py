@@ -1,18 +1,22 @@
 """Execute runs (notebooks 01-03) and reports (04) with papermill, one or several at a time.
 
 Every params file is validated before anything executes. A run whose metrics are up to
-date for its params and code is skipped. With ``jobs > 1`` each run executes in its own
-process (``python -m lib.run FILE --log-to-run-dir``): its notebook output goes to
-``build/<study>/runs/<run>/run.log``, a line is printed as each run ends, every run is
-attempted, a failure names the run and the failing cell's exception, and nothing
-downstream (the report) renders. Ctrl-C stops every run within seconds; cache entries are
-written atomically, so an interrupted run leaves none half-written.
+date for its params and code is skipped. The notebooks of a sequence of runs execute in one
+kernel (``notebooks.KernelSession``: a kernel start and its imports cost more than a small
+run). With ``jobs > 1``, ``jobs`` worker processes (``python -m lib.run --worker``) each keep
+one kernel and take the next run as they finish one, the most expensive first: a run's
+notebook output goes to ``build/<study>/runs/<run>/run.log``, a line is printed as each run
+ends, every run is attempted, a failure names the run and the failing cell's exception, and
+nothing downstream (the report) renders. Ctrl-C stops every run within seconds; cache
+entries are written atomically, so an interrupted run leaves none half-written.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -29,10 +33,11 @@ class RunFailed(RuntimeError):
 
 
 def run_one(path: str | Path, force: bool = False, overrides: dict | None = None,
-            quiet: bool = False, html: bool = False) -> Path:
+            quiet: bool = False, html: bool = False, session: notebooks.KernelSession | None = None) -> Path:
     """Execute notebooks 01-03 for one params file, unless its results are up to date.
     ``quiet``: the notebooks' output goes to ``<run dir>/run.log`` only (parallel runs);
-    ``html``: also export each executed notebook to HTML."""
+    ``html``: also export each executed notebook to HTML; ``session``: the kernel to run
+    them in (default: one for this run, shut down at its end)."""
     params = run_parameters(path, overrides)
     run = configure(**params)
     run_dir = run.dir
@@ -44,12 +49,15 @@ def run_one(path: str | Path, force: bool = False, overrides: dict | None = None
         forget(run)
     t0 = time.perf_counter()
     import papermill
-    with open(run_dir / "run.log", "w") if quiet else contextlib.nullcontext() as log:
+    own = session is None
+    session = notebooks.KernelSession() if own else session
+    with (open(run_dir / "run.log", "w") if quiet else contextlib.nullcontext() as log,
+          session if own else contextlib.nullcontext()):
         for nb in notebooks.RUN_NOTEBOOKS:
             if not quiet:
                 print(f"[{name}] executing {nb}", flush=True)
             try:
-                notebooks.execute(nb, params, run_dir, log, html=html)
+                notebooks.execute(nb, params, run_dir, log, html=html, session=session)
             except papermill.PapermillExecutionError as exc:
                 where = f"; its output is in {run_dir / 'run.log'}" if quiet else ""
                 raise RunFailed(f"{nb}, cell {exc.exec_count}: {exc.ename}: {exc.evalue}{where}") from None
@@ -99,72 +107,113 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
     run's torch uses its own ``train.threads``; the default 1 fits one run per core)."""
     start = time.monotonic()
     if jobs <= 1 or len(items) <= 1:
-        for done, item in enumerate(items, 1):
-            p, ov = _split(item)
-            run_one(p, force=force, overrides=ov, html=html)
-            if len(items) > 1:
-                print(f"({progress(done, len(items), time.monotonic() - start)})", flush=True)
+        with notebooks.KernelSession() as session:
+            for done, item in enumerate(items, 1):
+                p, ov = _split(item)
+                run_one(p, force=force, overrides=ov, html=html, session=session)
+                if len(items) > 1:
+                    print(f"({progress(done, len(items), time.monotonic() - start)})", flush=True)
         return
     order = sorted(items, key=expected_cost, reverse=True)
+    jobs = min(jobs, len(order))
     print(f"running {len(order)} runs, {jobs} at a time; each run's notebook output is in "
           f"{build_root()}/<study>/runs/<run>/run.log", flush=True)
-    pending, running, failed, done = list(order), {}, [], 0
+    pending, failed, done = list(order), [], 0
+    workers: dict[subprocess.Popen, object] = {}  # worker -> the run it executes (None: idle)
+    sel = selectors.DefaultSelector()
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                item = pending.pop(0)
-                running[_spawn(item, force, html)] = item
-            finished = [proc for proc in running if proc.poll() is not None]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for proc in finished:
-                path, _ = _split(running.pop(proc))
+        while pending or any(item is not None for item in workers.values()):
+            for proc in [p for p, item in workers.items() if item is None]:
+                if not pending:
+                    break
+                workers[proc] = pending.pop(0)
+                _send(proc, workers[proc], force)
+            while pending and len(workers) < jobs:
+                proc = _spawn_worker(html)
+                sel.register(proc.stdout, selectors.EVENT_READ, proc)
+                workers[proc] = pending.pop(0)
+                _send(proc, workers[proc], force)
+            for key, _ in sel.select(timeout=0.5):
+                proc = key.data
+                line = proc.stdout.readline()
+                path, _ = _split(workers[proc])
+                if not line:  # the worker died (killed, out of memory): its run failed, the others go on
+                    sel.unregister(proc.stdout)
+                    proc.wait()
+                    del workers[proc]
+                    reply = {"ok": False, "error": f"its worker process exited with status {proc.returncode}"}
+                else:
+                    reply = json.loads(line)
+                    workers[proc] = None
                 done += 1
-                lines = _output(proc)
-                if proc.returncode == 0:
-                    last = lines[-1] if lines else f"[{Path(path).stem}] done"
+                if reply["ok"]:
+                    last = reply["lines"][-1] if reply.get("lines") else f"[{Path(path).stem}] done"
                     print(f"{last} ({progress(done, len(order), time.monotonic() - start)})", flush=True)
                 else:
-                    reason = next((ln for ln in reversed(lines) if ln.startswith("error:")), None)
-                    reason = reason or (lines[-1] if lines else f"exit status {proc.returncode}")
-                    failed.append((path, reason))
-                    print(f"[{Path(path).stem}] FAILED ({done}/{len(order)}): {reason}", flush=True)
+                    failed.append((path, reply["error"]))
+                    print(f"[{Path(path).stem}] FAILED ({done}/{len(order)}): {reply['error']}", flush=True)
     except KeyboardInterrupt:
-        _stop(running)
+        _stop(workers)
         raise
+    finally:
+        for proc in list(workers):
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # end of input: the worker shuts its kernel down and exits
+        for proc in list(workers):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+        sel.close()
     if failed:
         names = ", ".join(Path(p).stem for p, _ in failed)
         raise RunFailed(f"{len(failed)} run(s) failed: {names}\n" + "\n".join(f"  {Path(p).stem}: {r}" for p, r in failed))
 
 
-def _spawn(item, force: bool, html: bool) -> subprocess.Popen:
-    """One run in its own process (and process group, so that Ctrl-C reaches only us and we
-    stop it), its output in a temporary file."""
-    path, overrides = _split(item)
-    cmd = [sys.executable, "-m", "lib.run", str(Path(path).resolve()), "--log-to-run-dir"]
-    if overrides:
-        cmd += ["--overrides", json.dumps(overrides)]
-    cmd += ["--force"] * force + ["--html"] * html
-    out = tempfile.TemporaryFile(mode="w+")
+def _spawn_worker(html: bool) -> subprocess.Popen:
+    """A worker process (in its own process group, so that Ctrl-C reaches only us and we stop
+    it): it reads one run per line on stdin and answers one JSON line per run on stdout;
+    everything else it prints goes to a temporary file."""
+    cmd = [sys.executable, "-m", "lib.run", "--worker"] + ["--html"] * html
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     # in the user's folder (relative paths in params mean it), lib importable from ROOT
-    proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    proc.output_file = out
-    return proc
+    return subprocess.Popen(cmd, cwd=os.getcwd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=tempfile.TemporaryFile(mode="w+"), text=True, env=env, start_new_session=True)
 
 
-def _output(proc: subprocess.Popen) -> list[str]:
-    out = proc.output_file
-    out.seek(0)
-    lines = [ln.rstrip() for ln in out.read().splitlines()]
-    out.close()
-    return [ln for ln in lines if ln]
+def _send(proc: subprocess.Popen, item, force: bool) -> None:
+    path, overrides = _split(item)
+    proc.stdin.write(json.dumps({"path": str(Path(path).resolve()), "overrides": overrides, "force": force}) + "\n")
+    proc.stdin.flush()
+
+
+def worker(html: bool = False) -> int:
+    """The loop of ``python -m lib.run --worker``: runs read from stdin (one JSON object a
+    line: path, overrides, force), executed in one kernel session, each answered with one
+    JSON line on stdout: ``{"ok": true, "lines": [what the run printed]}`` or ``{"ok":
+    false, "error": ...}``. Ends, shutting its kernel down, at the end of stdin."""
+    from .params import ParamsError
+    replies = sys.stdout
+    sys.stdout = sys.stderr  # anything else printed must not be read as a reply
+    with notebooks.KernelSession() as session:
+        for line in sys.stdin:
+            job = json.loads(line)
+            printed = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(printed):
+                    run_one(Path(job["path"]), force=job["force"], overrides=job["overrides"], quiet=True,
+                            html=html, session=session)
+                reply = {"ok": True, "lines": [ln for ln in printed.getvalue().splitlines() if ln.strip()]}
+            except (ParamsError, RunFailed) as exc:
+                reply = {"ok": False, "error": f"error: {exc}"}
+            except Exception as exc:  # noqa: BLE001 - reported as this run's failure; the worker goes on
+                reply = {"ok": False, "error": f"error: {type(exc).__name__}: {exc}"}
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+    return 0
 
 
 def _stop(running: dict, grace: float = 10.0) -> None:
-    """Stop every running run: SIGTERM (the run shuts its kernel down), then SIGKILL."""
+    """Stop every worker: SIGTERM (it shuts its kernel down), then SIGKILL."""
     for proc in running:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -176,7 +225,7 @@ def _stop(running: dict, grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    print(f"interrupted: stopped {len(running)} running run(s); completed runs stay cached", flush=True)
+    print(f"interrupted: stopped {len(running)} worker(s); completed runs stay cached", flush=True)
 
 
 def report(path: str | Path, output: str | None = None, force: bool = False, jobs: int = 1,
