@@ -21,9 +21,9 @@ def test_explicit_negatives_change_the_loss(synthetic_data):
         tr = _trainer(synthetic_data, kind=kind, num_negatives=4)
         tr.model.eval()
         users, items = tr.train_users[:32], tr.train_items[:32]
-        rng = np.random.default_rng(0)
-        neg_a = tr.sampler.sample(users, 4, rng)
-        neg_b = tr.sampler.sample(users, 4, rng)
+        gen = torch.Generator().manual_seed(0)
+        neg_a = tr.sampler.sample(users, 4, gen)
+        neg_b = tr.sampler.sample(users, 4, gen)
         with torch.no_grad():
             la = float(tr.loss(users, items, neg_a))
             lb = float(tr.loss(users, items, neg_b))
@@ -35,12 +35,49 @@ def test_explicit_negatives_change_the_loss(synthetic_data):
         assert neg_emb.grad.abs().sum() > 0
 
 
-def test_negatives_never_seen_items(synthetic_data):
+@pytest.mark.parametrize("table", [True, False])
+def test_negatives_never_seen_items(synthetic_data, table, monkeypatch):
+    monkeypatch.setattr(NegativeSampler, "dense_table", table)
     sampler = NegativeSampler(synthetic_data.matrix("train"))
+    assert (sampler.unseen is not None) == table
     users = np.repeat(np.arange(synthetic_data.n_users), 3)
-    neg = sampler.sample(users, 20, np.random.default_rng(0))
+    neg = sampler.sample(users, 20, torch.Generator().manual_seed(0)).numpy()
     seen = synthetic_data.matrix("train")
+    assert neg.shape == (len(users), 20)
     assert not seen[np.repeat(users, 20), neg.ravel()].any()
+    assert neg.min() >= 0 and neg.max() < synthetic_data.n_items
+
+
+def test_negative_sampler_maps_each_draw_to_the_rth_unseen_item(monkeypatch):
+    """The map r -> item, both ways (binary search over the keys, and the table), on a
+    catalog of 7 items: user 0 saw {1, 2, 5}, user 1 saw nothing, user 2 saw {0, 6}."""
+    import scipy.sparse as sp
+    seen = sp.csr_matrix((np.ones(5), ([0, 0, 0, 2, 2], [5, 1, 2, 6, 0])), shape=(3, 7))
+    unseen = {0: [0, 3, 4, 6], 1: list(range(7)), 2: [1, 2, 3, 4, 5]}
+    for table in (True, False):
+        monkeypatch.setattr(NegativeSampler, "dense_table", table)
+        sampler = NegativeSampler(seen)
+        users = np.repeat([0, 1, 2], 1)
+        draws = sampler.sample(users, 4000, torch.Generator().manual_seed(3)).numpy()
+        for u, row in zip(users, draws):
+            values, counts = np.unique(row, return_counts=True)
+            assert values.tolist() == unseen[u]  # every unseen item, nothing else
+            # uniform: a chi-square test (4000 draws) does not reject at the 0.1% level
+            from scipy.stats import chisquare
+            assert chisquare(counts).pvalue > 1e-3, (u, counts)
+    # the two ways give the same items for the same generator state
+    monkeypatch.setattr(NegativeSampler, "dense_table", True)
+    a = NegativeSampler(seen).sample([0, 2, 1, 0], 50, torch.Generator().manual_seed(9))
+    monkeypatch.setattr(NegativeSampler, "dense_table", False)
+    b = NegativeSampler(seen).sample([0, 2, 1, 0], 50, torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)
+
+
+def test_negative_sampler_refuses_a_user_who_saw_every_item():
+    import scipy.sparse as sp
+    seen = sp.csr_matrix(np.array([[1, 0, 1], [1, 1, 1]], np.float32))
+    with pytest.raises(ValueError, match="user row 1 has seen all 3 items"):
+        NegativeSampler(seen)
 
 
 def test_logq_correction_sign():
@@ -166,7 +203,7 @@ def test_grouped_fast_path_equals_general_loss(synthetic_data, kind, logq, hits)
                  TRAIN, seed=0)
     assert tr.model.user_tower.grouped and tr.model.item_tower.grouped
     users, items = tr.train_users[:64], tr.train_items[:64]
-    neg = tr.sampler.sample(users, 5, np.random.default_rng(1))
+    neg = tr.negatives(users, torch.Generator().manual_seed(1))  # None for in_batch
     fast = tr.loss(users, items, neg)
     tr.model.item_tower.grouped = False  # forces the general path
     general = tr.loss(users, items, neg)

@@ -14,22 +14,26 @@ def in_batch_softmax(user: torch.Tensor, pos: torch.Tensor, temperature: float,
                      item_ids: torch.Tensor | None = None,
                      log_q: torch.Tensor | None = None,
                      remove_accidental_hits: bool = False,
-                     user_rows: torch.Tensor | None = None) -> torch.Tensor:
+                     user_rows: torch.Tensor | None = None, first_row: int = 0) -> torch.Tensor:
     """Each user's positive against the other positives of the batch.
 
     ``user_rows``: if given, ``user`` holds distinct rows and row b of the batch is
     ``user[user_rows[b]]`` (saves the matmul for users with identical embeddings).
+    ``pos`` may be the positives of a larger batch whose rows ``first_row ...`` are these
+    users (data-parallel training: the global batch's positives are every process's
+    negatives); ``item_ids`` and ``log_q`` then describe its columns.
     """
     logits = user @ pos.T / temperature
     if user_rows is not None:
         logits = logits[user_rows]
-    return in_batch_softmax_logits(logits, item_ids, log_q, remove_accidental_hits)
+    return in_batch_softmax_logits(logits, item_ids, log_q, remove_accidental_hits, first_row)
 
 
 def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None = None,
                             log_q: torch.Tensor | None = None,
-                            remove_accidental_hits: bool = False) -> torch.Tensor:
-    """Cross-entropy of a (B, B) logit matrix whose diagonal holds the positives.
+                            remove_accidental_hits: bool = False, first_row: int = 0) -> torch.Tensor:
+    """Cross-entropy of a (b, B) logit matrix whose entry (r, first_row + r) holds row r's
+    positive (b = B and ``first_row`` 0: the diagonal of a square batch).
 
     ``log_q``: log sampling probability of each *candidate column* (the batch's items).
     Yi et al. (RecSys 2019) correct the logit as s(x, y_j) - log q_j, so popular items,
@@ -39,13 +43,14 @@ def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None 
     """
     if log_q is not None:
         logits = logits - log_q[None, :]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    labels = rows + first_row
     if remove_accidental_hits:
         if item_ids is None:
             raise ValueError("remove_accidental_hits needs item_ids")
-        same = item_ids[:, None] == item_ids[None, :]
-        same.fill_diagonal_(False)
+        same = item_ids[labels][:, None] == item_ids[None, :]
+        same[rows, labels] = False
         logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, labels)
 
 

@@ -193,6 +193,7 @@ class Train(Section):
     target_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2    # users batching: history held out as targets
     target_selection: Literal["random", "latest"] = "random"       # random: re-drawn each epoch; latest: newest
     threads: PositiveInt = 1      # torch intra-op threads; 2 threads thrash when anything else shares 2 cores
+    processes: PositiveInt = 1    # > 1: data-parallel training under torchrun (lib/movielens/distributed.py)
 
 
 class Evaluate(Section):
@@ -227,6 +228,14 @@ class RunParams(Section):
 
     @model_validator(mode="after")
     def _across_sections(self):
+        if self.train.processes > 1 and self.train.batching != "interactions":
+            raise ParamsError("train.processes > 1 needs train.batching: interactions (user batches train "
+                              "in one process)")
+        if self.train.batch_size % self.train.processes:
+            raise ParamsError(f"train.batch_size ({self.train.batch_size}) must be a multiple of train.processes "
+                              f"({self.train.processes}): each process takes an equal share of a batch")
+        if self.train.processes > 1 and self.model.kind != "two_tower":
+            raise ParamsError("train.processes > 1 is for the two-tower; the baselines fit in one process")
         if self.train.batching == "users" and self.loss.kind != "full_softmax":
             raise ParamsError("train.batching: users needs loss.kind: full_softmax (a softmax over the whole "
                               "catalog per user)")

@@ -31,7 +31,7 @@ DEFAULTS = defaults(RunParams)
 # what computes results. Report layout, the CLI and params checking are left out, so that
 # editing them does not retrain every model.
 KEY_CODE = (*(f"lib/movielens/{name}.py" for name in ("data", "towers", "losses", "train", "baselines",
-                                                      "evaluate", "steps")),
+                                                      "evaluate", "steps", "distributed")),
             *(f"lib/core/{name}.py" for name in ("metrics", "retrieval", "stats")))
 TRAIN_EVALUATE_KEYS = ()  # training reads no evaluate setting (per-epoch figures are fixed)
 OPEN_KEYS = open_keys(RunParams)          # model.params, model.select_on_validation
@@ -100,7 +100,12 @@ def _train(run) -> dict:
     t0 = time.perf_counter()
     folder = run.model_dir
     record = {"key": run.train_key, "kind": cfg["model"]["kind"], "device": str(device)}
-    if cfg["model"]["kind"] == "two_tower":
+    if cfg["model"]["kind"] == "two_tower" and cfg["train"]["processes"] > 1:
+        from . import distributed  # torchrun, DistributedDataParallel
+        with atomic_path(folder / "model.pt") as tmp:
+            result = distributed.launch(cfg, run.data_dir, tmp)
+        record.update(result, early_stopped=result["stopped_epoch"] < cfg["train"]["max_epochs"])
+    elif cfg["model"]["kind"] == "two_tower":
         trainer = Trainer(data, cfg["model"], cfg["loss"], cfg["train"], cfg["seed"], cfg["device"])
         try:
             result = trainer.fit(on_epoch=lambda model: evaluation.validation_figures(model, data, cfg, device))

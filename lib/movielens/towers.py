@@ -34,7 +34,8 @@ class ByteDropout(nn.Module):
         n = x.numel()
         words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
         keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
-        return x * keep / (1.0 - self.p)
+        # the mask scaled outside the graph: one multiply forward and one backward
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:

@@ -8,9 +8,11 @@ The pieces it is made of, each small and tested on its own:
   and a grouped path for features-only towers, which computes the same loss faster) and
   ``MultinomialLoss`` (user batches: a softmax over the whole catalog per user);
 - ``EarlyStopping``: the monitored value, patience, min_delta, and the best state.
-Every random draw comes from two generators made once per trainer from the seed (numpy:
-batch order, negatives, target splits; torch: hard-negative picks) plus torch's global
-generator (initial weights, dropout), so the same params and seed give the same model.
+Every random draw comes from generators made once per trainer from the seed (numpy: batch
+order, target splits; torch on the training device: negatives; torch on the CPU: hard-negative
+picks) plus torch's global generator (initial weights, dropout), so the same params and seed
+give the same model on a given device. A step reads nothing back from the device: the epoch
+sums the losses there and reads the sum once.
 """
 from __future__ import annotations
 
@@ -44,38 +46,57 @@ def seed_everything(seed: int) -> None:
 
 
 class NegativeSampler:
-    """Uniform negatives that are never one of the user's training items."""
+    """Uniform negatives among the items a user has not seen in training, drawn on the
+    training device: exact and without rejection, so a step needs no host round trip.
 
-    DENSE_MAX_CELLS = 100_000_000  # a dense seen-matrix up to 100 MB (ML-1M: 21 MB)
+    For a user whose seen items, sorted, are s_0 < s_1 < ..., the r-th unseen item (r drawn
+    uniformly in [0, n_items - n_seen)) is r + #{j : s_j - j <= r} (s_j - j counts the unseen
+    items below s_j). Those counts are one ``torch.searchsorted`` into a single sorted key
+    array ``user * (n_items + 1) + (s_j - j)`` built from the CSR rows: O(nnz) memory at any
+    catalog size, no dense users x items matrix and no sort."""
 
-    def __init__(self, seen: sp.csr_matrix):
-        self.n_items = seen.shape[1]
-        self.dense = None
-        if seen.shape[0] * seen.shape[1] <= self.DENSE_MAX_CELLS:
-            self.dense = seen.toarray() > 0  # one lookup per draw instead of a binary search
-            return
-        coo = seen.tocoo()
-        self.keys = np.unique(coo.row.astype(np.int64) * self.n_items + coo.col)
+    def __init__(self, seen: sp.csr_matrix, device: torch.device | str = "cpu"):
+        seen = sp.csr_matrix(seen, copy=True)
+        seen.sum_duplicates()  # canonical: sorted, distinct column indices per row
+        seen.eliminate_zeros()
+        n_users, self.n_items = seen.shape
+        counts = np.diff(seen.indptr).astype(np.int64)
+        full = np.flatnonzero(counts >= self.n_items)
+        if len(full):
+            raise ValueError(f"user row {full[0]} has seen all {self.n_items} items in training: "
+                             f"there is no negative to sample for it")
+        row = np.repeat(np.arange(n_users, dtype=np.int64), counts)
+        start = seen.indptr[:-1].astype(np.int64)
+        rank = np.arange(seen.nnz, dtype=np.int64) - start[row]
+        keys = row * (self.n_items + 1) + (seen.indices.astype(np.int64) - rank)
+        self.keys = torch.as_tensor(keys, device=device)
+        self.start = torch.as_tensor(start, device=device)
+        self.n_unseen = torch.as_tensor(self.n_items - counts, device=device)
+        # Small enough: the same map r -> item as a table, (user, r) -> the r-th unseen item,
+        # one lookup per draw instead of a binary search over every key (ML-1M: 45 MB).
+        self.unseen = None
+        if self.dense_table and n_users * self.n_items <= self.DENSE_MAX_CELLS:
+            dtype = np.int16 if self.n_items <= np.iinfo(np.int16).max else np.int32
+            free_rows, free_items = np.nonzero(~(seen.toarray() > 0))  # row-major: each row's items ascending
+            free_start = np.concatenate([[0], np.cumsum(self.n_items - counts)[:-1]])
+            table = np.zeros((n_users, self.n_items), dtype)
+            table[free_rows, np.arange(len(free_rows)) - free_start[free_rows]] = free_items
+            self.unseen = torch.as_tensor(table, device=device)
 
-    def is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        if self.dense is not None:
-            return self.dense[users, items]
-        q = users.astype(np.int64) * self.n_items + items
-        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-        return self.keys[pos] == q
+    DENSE_MAX_CELLS = 100_000_000
+    dense_table = True  # tests turn it off to check that both give the same items
 
-    def sample(self, users: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        u = np.repeat(users, n)
-        items = rng.integers(0, self.n_items, len(u))
-        bad = self.is_seen(u, items)
-        for _ in range(100):
-            if not bad.any():
-                break
-            items[bad] = rng.integers(0, self.n_items, int(bad.sum()))
-            bad[bad] = self.is_seen(u[bad], items[bad])
-        if bad.any():
-            raise RuntimeError("could not sample unseen negatives: a user has seen almost every item")
-        return items.reshape(len(users), n)
+    def sample(self, users, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(len(users), n) item indices, each uniform over that user's unseen items (drawn
+        with replacement), from ``generator`` (a generator on the sampler's device)."""
+        dev = self.keys.device
+        u = torch.as_tensor(users, device=dev).to(torch.int64)[:, None].expand(-1, n)
+        n_unseen = self.n_unseen[u]
+        r = (torch.rand(u.shape, generator=generator, dtype=torch.float64, device=dev) * n_unseen).to(torch.int64)
+        r = torch.minimum(r, n_unseen - 1)  # a float product that rounded up to n_unseen
+        if self.unseen is not None:
+            return self.unseen[u, r].to(torch.int64)
+        return r + (torch.searchsorted(self.keys, u * (self.n_items + 1) + r, right=True) - self.start[u])
 
 
 def history_weights(data: PreparedData, mode: str, half_life_days: float) -> sp.csr_matrix:
@@ -124,18 +145,22 @@ def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
 class InteractionBatches:
     """(users, items) batches of ``batch_size`` training positives, in a new random order
     each epoch; the ragged last batch is dropped (one smaller batch would weigh as much as a
-    full one)."""
+    full one). The pairs live on the training device: an epoch moves one permutation there,
+    a step moves nothing."""
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, batch_size: int, rng: np.random.Generator):
-        self.users, self.items, self.batch_size, self.rng = users, items, batch_size, rng
+    def __init__(self, users: np.ndarray, items: np.ndarray, batch_size: int, rng: np.random.Generator,
+                 device: torch.device | str = "cpu"):
+        self.users = torch.as_tensor(users, dtype=torch.int64, device=device)
+        self.items = torch.as_tensor(items, dtype=torch.int64, device=device)
+        self.batch_size, self.rng = batch_size, rng
         n = len(users)
         self.starts = range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size)
 
     def __len__(self) -> int:
         return len(self.starts)
 
-    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = self.rng.permutation(len(self.users))
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(self.rng.permutation(len(self.users)), device=self.users.device)
         for s in self.starts:
             idx = order[s:s + self.batch_size]
             yield self.users[idx], self.items[idx]
@@ -221,15 +246,23 @@ class InteractionLoss:
         self.model, self.cfg, self.seen, self.log_q, self.device = model, cfg, seen, log_q, device
         self.generator = generator  # hard-negative picks
 
-    def __call__(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray | None,
-                 leave_out_target: bool = True) -> torch.Tensor:
+    def __call__(self, users, items, negatives: torch.Tensor | None, leave_out_target: bool = True,
+                 batch_items: torch.Tensor | None = None, first_row: int = 0) -> torch.Tensor:
+        """``users``, ``items``: (b,) index arrays or tensors; ``negatives``: (b, n) or None.
+        ``batch_items``: the positives of the whole (global) batch when these b pairs are its
+        rows ``first_row ...`` (data-parallel training): the in-batch negatives are all of them."""
         u_t = torch.as_tensor(users, device=self.device)
         i_t = torch.as_tensor(items, device=self.device)
+        batch_i = i_t if batch_items is None else torch.as_tensor(batch_items, device=self.device)
         if self.model.user_tower.grouped and self.model.item_tower.grouped and self.cfg["kind"] != "full_softmax":
-            return self.grouped(u_t, i_t, negatives, users)
-        return self.general(u_t, i_t, negatives, users, leave_out_target)
+            return self.grouped(u_t, i_t, negatives, batch_i, first_row)
+        return self.general(u_t, i_t, negatives, leave_out_target, batch_i, first_row)
 
-    def general(self, u_t, i_t, negatives, users, leave_out_target) -> torch.Tensor:
+    def _seen_rows(self, u_t: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) bool: the batch users' training items (densified on the host)."""
+        return torch.as_tensor(self.seen[u_t.cpu().numpy()].toarray() > 0, device=self.device)
+
+    def general(self, u_t, i_t, negatives, leave_out_target, batch_i, first_row) -> torch.Tensor:
         cfg, tower = self.cfg, self.model.user_tower
         user_rows = None
         if tower.grouped:
@@ -244,21 +277,21 @@ class InteractionLoss:
         if kind in ("explicit", "mixed"):
             neg_ids = torch.as_tensor(negatives, device=self.device)
             if cfg["num_hard_negatives"] > 0:
-                neg_ids = torch.cat([neg_ids, self.hard_negatives(users, user_vec @ all_items.T)], dim=1)
+                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, user_vec @ all_items.T)], dim=1)
             terms["explicit"] = losses.sampled_softmax(user_vec, pos, F.embedding(neg_ids, all_items), temp)
         if kind in ("in_batch", "mixed"):
             terms["in_batch"] = losses.in_batch_softmax(
-                user_vec if user_rows is None else user_distinct, pos, temp, item_ids=i_t, user_rows=user_rows,
-                log_q=self.log_q[i_t] if cfg["logq_correction"] else None,
-                remove_accidental_hits=cfg["remove_accidental_hits"])
+                user_vec if user_rows is None else user_distinct, F.embedding(batch_i, all_items), temp,
+                item_ids=batch_i, user_rows=user_rows, log_q=self.log_q[batch_i] if cfg["logq_correction"] else None,
+                remove_accidental_hits=cfg["remove_accidental_hits"], first_row=first_row)
         if kind == "full_softmax":
             mask = None
             if cfg["remove_accidental_hits"]:
-                mask = torch.as_tensor(self.seen[users].toarray() > 0, device=self.device)
+                mask = self._seen_rows(u_t)
             terms["full"] = losses.full_softmax(user_vec, all_items, i_t, temp, mask)
         return _mixed(terms, cfg)
 
-    def grouped(self, u_t, i_t, negatives, users) -> torch.Tensor:
+    def grouped(self, u_t, i_t, negatives, batch_i, first_row) -> torch.Tensor:
         """Features-only towers: every logit the loss needs is an entry of one small
         (distinct users x distinct item feature rows) score matrix, so nothing else is
         multiplied, and the in-batch softmax runs over distinct users x distinct items
@@ -273,25 +306,25 @@ class InteractionLoss:
         if cfg["kind"] in ("explicit", "mixed"):
             neg_ids = torch.as_tensor(negatives, device=self.device)
             if cfg["num_hard_negatives"] > 0:
-                neg_ids = torch.cat([neg_ids, self.hard_negatives(users, scores[rows][:, group])], dim=1)
+                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, scores[rows][:, group])], dim=1)
             terms["explicit"] = losses.sampled_softmax_logits(scores[rows, group[i_t]],
                                                               scores[rows[:, None], group[neg_ids]])
         if cfg["kind"] in ("in_batch", "mixed"):
-            items, col_of, count = torch.unique(i_t, return_inverse=True, return_counts=True)
+            items, col_of, count = torch.unique(batch_i, return_inverse=True, return_counts=True)
+            col_of = col_of[first_row:first_row + len(i_t)]
             terms["in_batch"] = losses.in_batch_softmax_distinct(
                 scores[:, group[items]], rows, col_of, count,
                 col_log_q=self.log_q[items] if cfg["logq_correction"] else None,
                 remove_accidental_hits=cfg["remove_accidental_hits"])
         return _mixed(terms, cfg)
 
-    def hard_negatives(self, users: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+    def hard_negatives(self, u_t: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Items the current model ranks highest that the user never saw in training:
         ``num_hard_negatives`` picked at random from the top ``hard_negative_pool``."""
         with torch.no_grad():
-            seen = torch.as_tensor(self.seen[users].toarray() > 0, device=scores.device)
-            scores = scores.detach().masked_fill(seen, float("-inf"))
+            scores = scores.detach().masked_fill(self._seen_rows(u_t), float("-inf"))
             pool = torch.topk(scores, self.cfg["hard_negative_pool"], dim=1).indices
-            pick = torch.randint(0, pool.shape[1], (len(users), self.cfg["num_hard_negatives"]),
+            pick = torch.randint(0, pool.shape[1], (len(u_t), self.cfg["num_hard_negatives"]),
                                  generator=self.generator, device="cpu").to(scores.device)
             return torch.gather(pool, 1, pick)
 
@@ -351,6 +384,19 @@ class EarlyStopping:
 
 
 # -- the trainer --------------------------------------------------------------------------------------
+class _LossOfBatch(torch.nn.Module):
+    """The model with the loss of a batch as its forward: what DistributedDataParallel wraps
+    (its gradient averaging hooks on the forward that produced the loss)."""
+
+    def __init__(self, model: TwoTower, loss_of_batch):
+        super().__init__()
+        self.model = model
+        self.loss_of_batch = loss_of_batch
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.loss_of_batch(batch)
+
+
 @dataclass
 class TrainResult:
     model: TwoTower
@@ -375,18 +421,33 @@ class Trainer:
     ``fit`` trains it."""
 
     def __init__(self, data: PreparedData, model_cfg: dict, loss_cfg: dict, train_cfg: dict,
-                 seed: int, device: str = "cpu"):
+                 seed: int, device: str = "cpu", world: tuple[int, int] = (0, 1)):
+        """``world``: (rank, size) of this process in a data-parallel run (``lib.movielens.
+        distributed``; torch.distributed initialised): each process trains on rows ``rank``
+        x batch_size/size ... of every global batch, and DistributedDataParallel averages the
+        gradients."""
         self.data, self.loss_cfg, self.train_cfg, self.seed = data, loss_cfg, train_cfg, seed
-        self.device = pick_device(device)
+        self.rank, self.world_size = world
+        if self.world_size > 1:
+            if train_cfg["batching"] != "interactions":
+                raise ParamsError("train.processes > 1 needs train.batching: interactions")
+            if train_cfg["batch_size"] % self.world_size:
+                raise ParamsError(f"train.batch_size ({train_cfg['batch_size']}) must be a multiple of "
+                                  f"train.processes ({self.world_size}): each process takes an equal share")
+        self.device = (torch.device("cuda", self.rank % torch.cuda.device_count())
+                       if self.world_size > 1 and pick_device(device).type == "cuda" else pick_device(device))
         if loss_cfg["num_hard_negatives"] > 0 and loss_cfg["hard_negative_pool"] > data.n_items:
             raise ParamsError(f"loss.hard_negative_pool ({loss_cfg['hard_negative_pool']}) is larger than the "
                               f"catalog ({data.n_items} items)")
         seed_everything(seed)
         self.model = build_model(data, model_cfg).to(self.device)
-        self.rng = np.random.default_rng(seed)                   # batch order, negatives, target splits
+        self.rng = np.random.default_rng(seed)                   # batch order, target splits
         self.generator = torch.Generator().manual_seed(seed)     # hard-negative picks
+        # negatives, drawn on the training device
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.seen = data.matrix("train")
-        self.sampler = NegativeSampler(self.seen)
+        self.sampler = (NegativeSampler(self.seen, self.device) if loss_cfg["kind"] in ("explicit", "mixed")
+                        else None)  # the other losses never sample
         min_r = data.rating_threshold(train_cfg["positive_min_rating"])
         tr = data.train[data.train["rating"] >= min_r]
         # copies: pandas hands out read-only views, which torch.as_tensor warns about at every step
@@ -404,10 +465,16 @@ class Trainer:
             active = np.flatnonzero(np.diff(self.seen.indptr) > 0)
             self.batches = UserBatches(active, train_cfg["user_batch_size"], self.split_user_history, self.rng)
         else:
-            self.batches = InteractionBatches(self.train_users, self.train_items, train_cfg["batch_size"], self.rng)
+            self.batches = InteractionBatches(self.train_users, self.train_items, train_cfg["batch_size"], self.rng,
+                                              self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg["learning_rate"],
                                           weight_decay=train_cfg["weight_decay"],
                                           fused=True)  # one kernel over all parameters; same update rule
+        self.parallel = None
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.parallel = DistributedDataParallel(_LossOfBatch(self.model, self.local_loss),
+                                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     @property
     def input_history(self) -> sp.csr_matrix:
@@ -422,22 +489,41 @@ class Trainer:
                                   t["target_selection"], self.data.rating_threshold(t["positive_min_rating"]),
                                   self.model.user_tower.history != "none", rng)
 
-    def negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        if self.loss_cfg["kind"] in ("explicit", "mixed"):
-            return self.sampler.sample(users, self.loss_cfg["num_negatives"], rng)
+    def negatives(self, users, generator: torch.Generator) -> torch.Tensor | None:
+        """The batch's sampled negatives (explicit and mixed losses), from ``generator``."""
+        if self.sampler is not None:
+            return self.sampler.sample(users, self.loss_cfg["num_negatives"], generator)
         return None
 
     def batch_loss(self, batch) -> torch.Tensor:
+        """The training loss of a batch (in a data-parallel run, of this process's rows,
+        through DistributedDataParallel, which averages the gradients in backward)."""
+        if self.parallel is not None:
+            return self.parallel(batch)
+        return self.local_loss(batch)
+
+    def local_loss(self, batch) -> torch.Tensor:
         if self.train_cfg["batching"] == "users":
             return self.user_loss(*batch)
         users, items = batch
-        return self.loss(users, items, self.negatives(users, self.rng))
+        negatives = self.negatives(users, self.sample_generator)
+        if self.world_size == 1:
+            return self.loss(users, items, negatives)
+        # every process draws the global batch's negatives from the same generator and keeps its
+        # rows, so the draws are those of a single-process run; the in-batch negatives are the
+        # global batch's positives (each process embeds the whole catalog: nothing to gather)
+        b = len(users) // self.world_size
+        rows = slice(self.rank * b, (self.rank + 1) * b)
+        return self.loss(users[rows], items[rows], None if negatives is None else negatives[rows],
+                         batch_items=items, first_row=self.rank * b)
 
-    def step(self, loss: torch.Tensor) -> float:
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; the detached loss stays on the device (reading it back would
+        wait for the device at every step: the epoch reads the sum once)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def validation_loss(self) -> float:
@@ -454,14 +540,14 @@ class Trainer:
             total = sum(float(self.user_loss(users[s:s + 512], self.input_history, val)) * len(users[s:s + 512])
                         for s in range(0, len(users), 512))
             return total / len(users)
-        rng = np.random.default_rng(self.seed + 10_000)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + 10_000)
         bs = self.train_cfg["batch_size"]
-        total, n = 0.0, 0
+        total, n = torch.zeros((), device=self.device), 0
         for s in range(0, len(self.val_users), bs):
             u, i = self.val_users[s:s + bs], self.val_items[s:s + bs]
-            total += float(self.loss(u, i, self.negatives(u, rng), leave_out_target=False)) * len(u)
+            total += self.loss(u, i, self.negatives(u, generator), leave_out_target=False) * len(u)
             n += len(u)
-        return total / n
+        return float(total) / n
 
     def fit(self, on_epoch=None, progress: bool = True) -> TrainResult:
         """Train until early stopping or ``max_epochs``; ``on_epoch(model)`` returns extra
@@ -474,13 +560,16 @@ class Trainer:
         for epoch in range(1, cfg["max_epochs"] + 1):
             self.model.train()
             t0 = time.perf_counter()
-            total, steps = 0.0, 0
+            total, steps = torch.zeros((), device=self.device), 0
             for batch in tqdm(self.batches.epoch(), total=len(self.batches), desc=f"epoch {epoch}",
                               disable=not progress, leave=False, mininterval=2):
                 total += self.step(self.batch_loss(batch))
                 steps += 1
             result.steps += steps
-            row = {"epoch": epoch, "train_loss": total / steps, "val_loss": self.validation_loss(),
+            if self.world_size > 1:  # the mean over processes: the global batch's loss
+                torch.distributed.all_reduce(total)
+                total /= self.world_size
+            row = {"epoch": epoch, "train_loss": float(total) / steps, "val_loss": self.validation_loss(),
                    "seconds": time.perf_counter() - t0}
             if not math.isfinite(row["train_loss"]):
                 raise DivergedError(f"epoch {epoch}: the training loss is {row['train_loss']} (diverged; "
@@ -489,9 +578,10 @@ class Trainer:
             row["best"] = stopping.update(epoch, row, self.model)
             result.history.append(row)
             monitor = stopping.metric
-            print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f}"
-                  + (f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else "")
-                  + (" *" if row["best"] else ""), flush=True)
+            if self.rank == 0:
+                print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f}"
+                      + (f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else "")
+                      + (" *" if row["best"] else ""), flush=True)
             result.best_epoch, result.stopped_epoch = stopping.best_epoch, epoch
             if stopping.should_stop:
                 break

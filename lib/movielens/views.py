@@ -143,7 +143,9 @@ def training_batch(run, n_rows: int = 8, n_negatives: int = 3) -> dict:
                          f"loss: softmax over the whole catalog per target",
                 "first rows": pd.DataFrame(rows)}
     users, items = batch
-    negatives = trainer.negatives(users, trainer.rng)
+    negatives = trainer.negatives(users, trainer.sample_generator)
+    users, items = users.cpu().numpy(), items.cpu().numpy()
+    negatives = None if negatives is None else negatives.cpu().numpy()
     rows = pd.DataFrame({"user": users[:n_rows], "item": items[:n_rows]})
     table = _titled(data, rows).drop(columns="genres")
     table.insert(1, "positive", table.pop("title"))
