@@ -82,14 +82,17 @@ report-movielens: setup build/test-results.xml
 	$(PY) -m lib.run --report params/movielens/report.yaml --jobs $(JOBS) $(HTML_FLAG)
 
 report-wikiseq: setup
-	$(PY) -m lib.run --report params/wikiseq/report.yaml $(HTML_FLAG)
+	$(PY) -m lib.run --report params/wikiseq/report.yaml --jobs $(JOBS) $(HTML_FLAG)
 
 # The sequence study at quick-profile size, rendered into build/ (never over the committed report).
 report-wikiseq-quick: setup
 	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml $(HTML_FLAG)
 
+# The speed targets (lib/movielens/bench.py): the reference epoch with 2 torch threads on the CPU;
+# BENCH_ARGS=--device cuda on a GPU.
+BENCH_ARGS ?= --threads 2
 bench: setup
-	$(PY) -m lib.movielens.bench
+	$(PY) -m lib.movielens.bench $(BENCH_ARGS)
 
 # The study at MovieLens-20M size on a generated log (lib/movielens/bench_scale.py): wall time and peak
 # RSS per step, against the issue's targets. BENCH_SCALE=0.1 for a quick look (the targets are stated

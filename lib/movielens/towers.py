@@ -203,11 +203,13 @@ class UserTower(nn.Module):
             norm = norm - w_t
         return total / norm.clamp_min(1e-6)[:, None]
 
+    group_rows = True  # off on a GPU (Trainer): the distinct rows are a torch.unique, which waits for the device
+
     @property
     def grouped(self) -> bool:
         """Categorical features only (no IDs, no history, no dense feature): users with equal
         codes share one embedding, computed once (unless the key would overflow)."""
-        if not (self.use_features and not self.use_ids and self.history == "none" and self.features.categorical_only):
+        if not (self.group_rows and self.use_features and not self.use_ids and self.history == "none" and self.features.categorical_only):
             return False
         return float(np.prod([float(e.num_embeddings) for e in self.features.embeddings])) < 2.0 ** 62
 

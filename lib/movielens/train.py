@@ -441,6 +441,10 @@ class Trainer:
                               f"catalog ({data.n_items} items)")
         seed_everything(seed)
         self.model = build_model(data, model_cfg).to(self.device)
+        if self.device.type == "cuda":
+            # the grouped path saves FLOPs on a CPU; on a GPU its torch.unique would be a host
+            # round trip per step, and the full batch costs nothing (same loss: tests check it)
+            self.model.user_tower.group_rows = False
         self.rng = np.random.default_rng(seed)                   # batch order, target splits
         self.generator = torch.Generator().manual_seed(seed)     # hard-negative picks
         # negatives, drawn on the training device
