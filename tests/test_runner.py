@@ -202,3 +202,29 @@ def test_a_shared_kernel_gives_each_run_the_metrics_of_a_fresh_kernel(tmp_path, 
                 for split, m in splits.items()}
     assert figures(alone) == figures(metrics["second", "shared"])
     assert alone["test"]["metrics"]["ndcg@10"] > 0
+
+
+@pytest.mark.unit
+def test_a_worker_that_dies_fails_its_run_with_its_last_words(tmp_path, monkeypatch, capsys):
+    """A worker process that exits (killed, out of memory) without answering: its run is
+    reported failed with the worker's exit status and the last line it printed."""
+    import subprocess as sp
+    import tempfile
+
+    def dying_worker(html):
+        other = tempfile.TemporaryFile(mode="w+")
+        proc = sp.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); "
+                         "print('MemoryError: out of memory', file=sys.stderr); sys.exit(3)"],
+                        stdin=sp.PIPE, stdout=sp.PIPE, stderr=other, text=True)
+        proc.other_output = other
+        return proc
+    monkeypatch.setattr(runner, "_spawn_worker", dying_worker)
+    d = tmp_path / "movielens"
+    d.mkdir()
+    for name in ("a", "b"):
+        (d / f"{name}.yaml").write_text("model: {kind: popularity}\n")
+    with pytest.raises(runner.RunFailed) as info:
+        runner.run_many([d / "a.yaml", d / "b.yaml"], jobs=2)
+    assert str(info.value).splitlines()[0] in ("2 run(s) failed: a, b", "2 run(s) failed: b, a")
+    assert str(info.value).count("its worker process exited with status 3: MemoryError: out of memory") == 2
+    assert "[a] FAILED (" in capsys.readouterr().out

@@ -136,15 +136,19 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
             for key, _ in sel.select(timeout=0.5):
                 proc = key.data
                 line = proc.stdout.readline()
-                path, _ = _split(workers[proc])
+                item = workers[proc]
                 if not line:  # the worker died (killed, out of memory): its run failed, the others go on
                     sel.unregister(proc.stdout)
                     proc.wait()
                     del workers[proc]
-                    reply = {"ok": False, "error": f"its worker process exited with status {proc.returncode}"}
+                    if item is None:
+                        continue
+                    reply = {"ok": False, "error": f"its worker process exited with status {proc.returncode}"
+                                                   + _last_line(proc.other_output)}
                 else:
                     reply = json.loads(line)
                     workers[proc] = None
+                path, _ = _split(item)
                 done += 1
                 if reply["ok"]:
                     last = reply["lines"][-1] if reply.get("lines") else f"[{Path(path).stem}] done"
@@ -176,8 +180,18 @@ def _spawn_worker(html: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lib.run", "--worker"] + ["--html"] * html
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     # in the user's folder (relative paths in params mean it), lib importable from ROOT
-    return subprocess.Popen(cmd, cwd=os.getcwd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=tempfile.TemporaryFile(mode="w+"), text=True, env=env, start_new_session=True)
+    other = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=other,
+                            text=True, env=env, start_new_session=True)
+    proc.other_output = other
+    return proc
+
+
+def _last_line(output) -> str:
+    """``: <the last line>`` of a worker's other output (a temporary file), or nothing."""
+    output.seek(0)
+    lines = [ln.strip() for ln in output.read().splitlines() if ln.strip()]
+    return f": {lines[-1]}" if lines else ""
 
 
 def _send(proc: subprocess.Popen, item, force: bool) -> None:
