@@ -283,3 +283,26 @@ def test_user_ids_are_used_without_history():
         before = tower(u)
         tower.id_emb.weight.zero_()
         assert not torch.allclose(before, tower(u))
+
+
+def test_relu_dropout_is_relu_then_dropout():
+    """The fused module equals ReLU followed by the byte-mask dropout it replaced: the same
+    outputs and input gradient for the same random state; in eval mode, the ReLU."""
+    from lib.movielens.towers import ReLUByteDropout
+    layer = ReLUByteDropout(0.2)
+    assert layer.p == 51 / 256
+    x = torch.randn(300, 64, requires_grad=True)
+    torch.manual_seed(7)
+    y = layer(x)
+    y.backward(torch.ones_like(y))
+    torch.manual_seed(7)
+    words = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 7) // 8,), dtype=torch.int64)
+    keep = words.view(torch.uint8)[:x.numel()].view(x.shape) >= layer.threshold
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = torch.relu(x2) * keep.float().mul_(1 / (1 - layer.p))  # the ReLU, then the mask scaled by 1/(1-p)
+    y2.backward(torch.ones_like(y2))
+    assert torch.equal(y.detach(), y2.detach()) and torch.equal(x.grad, x2.grad)
+    kept = (keep & (x > 0)).float().mean().item()
+    assert 0.3 < kept < 0.5  # about half positive x 0.8 kept: the mask is used, not all ones
+    layer.eval()
+    assert torch.equal(layer(x), torch.relu(x))
