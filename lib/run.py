@@ -63,9 +63,6 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run even if up to date")
     ap.add_argument("--jobs", "-j", type=int, default=1, help="runs executed at a time (default 1)")
     ap.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
-    # used by the runner when it executes runs in parallel, one process each
-    ap.add_argument("--log-to-run-dir", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     # the runner's worker processes (--jobs > 1): runs read from stdin, one kernel for all of them
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -90,16 +87,10 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             return 130
     try:
-        if not args.log_to_run_dir:  # the parent that started this run checked them
-            notebooks.check_notebooks()
+        notebooks.check_notebooks()
         if args.check:
             return check(args.params + ([args.report] if args.report else []))
-        if args.log_to_run_dir or args.overrides:
-            for p in args.params:
-                runner.run_one(Path(p), force=args.force, overrides=args.overrides,
-                               quiet=args.log_to_run_dir, html=args.html)
-        else:
-            runner.run_many([Path(p) for p in args.params], jobs=args.jobs, force=args.force, html=args.html)
+        runner.run_many([Path(p) for p in args.params], jobs=args.jobs, force=args.force, html=args.html)
         if args.report:
             runner.report(args.report, args.output, force=args.force, jobs=args.jobs, html=args.html)
     except ParamsError as exc:
