@@ -6,6 +6,7 @@ import torch
 from lib.core import runs as pipeline
 from lib.movielens import evaluate as evaluation, losses, steps as study
 from lib.movielens.train import NegativeSampler, Trainer, build_model
+from lib.movielens.towers import pooled_history
 
 MODEL = dict(study.DEFAULTS["model"], embedding_dim=16, hidden=[32])
 TRAIN = dict(study.DEFAULTS["train"], batch_size=64, max_epochs=2, threads=1)
@@ -128,13 +129,13 @@ def test_history_leaves_the_target_out(synthetic_data):
     for r in range(5):
         user = torch.as_tensor(tr.train_users[r:r + 1])
         item = torch.as_tensor(tr.train_items[r:r + 1])
-        before = tower._pooled_history(user, item).detach().clone()
-        with_target = tower._pooled_history(user, None).detach().clone()
+        before = pooled_history(tower.hist_emb, tower.hist, user, item).detach().clone()
+        with_target = pooled_history(tower.hist_emb, tower.hist, user, None).detach().clone()
         with torch.no_grad():
             tower.hist_emb.weight[item] += 100.0  # change only the target's own embedding
-        torch.testing.assert_close(tower._pooled_history(user, item), before)
+        torch.testing.assert_close(pooled_history(tower.hist_emb, tower.hist, user, item), before)
         # without leave-out the target's embedding does leak in (the test can fail)
-        assert not torch.allclose(tower._pooled_history(user, None), with_target)
+        assert not torch.allclose(pooled_history(tower.hist_emb, tower.hist, user, None), with_target)
 
 
 def test_training_is_deterministic(synthetic_data):

@@ -122,6 +122,13 @@ class Data(Section):
 
 class Model(Section):
     kind: Literal[MODEL_KINDS] = "two_tower"
+    # the two-tower's towers: mlp (features / IDs / pooled history through an MLP), linear
+    # (pooled history embeddings . item embeddings + item bias), sasrec or gru4rec (an encoder
+    # of the time-ordered history, sharing the item embeddings; train.batching: sequences)
+    architecture: Literal["mlp", "linear", "sasrec", "gru4rec"] = "mlp"
+    max_sequence_length: Annotated[int, Field(ge=2)] = 50   # sasrec/gru4rec: the last N items read
+    attention_blocks: PositiveInt = 2
+    attention_heads: PositiveInt = 1
     params: dict[str, Any] = {}               # a baseline's hyperparameters (checked by its constructor)
     select_on_validation: dict[str, Any] = {}  # hyperparameter -> candidates, chosen on validation NDCG@10
     embedding_dim: PositiveInt = 128
@@ -142,6 +149,15 @@ class Model(Section):
         if self.item_popularity and not self.item_features:
             raise ParamsError("model.item_popularity needs model.item_features (popularity is an item feature)")
         if self.kind == "two_tower":
+            if self.architecture == "linear" and self.history == "none":
+                raise ParamsError("model.architecture: linear pools the user's history: set model.history "
+                                  "to mean or recency")
+            if self.architecture in ("sasrec", "gru4rec") and self.history != "none":
+                raise ParamsError(f"model.architecture: {self.architecture} reads the time-ordered history "
+                                  f"itself; model.history (pooling) applies to mlp and linear only")
+            if self.architecture == "sasrec" and self.embedding_dim % self.attention_heads:
+                raise ParamsError(f"model.embedding_dim ({self.embedding_dim}) must be a multiple of "
+                                  f"model.attention_heads ({self.attention_heads})")
             if self.params or self.select_on_validation:
                 raise ParamsError("model.params and model.select_on_validation are a baseline's hyperparameters; a "
                                   "two-tower takes model.embedding_dim, model.hidden, ... (they would be ignored)")
@@ -171,6 +187,9 @@ class Loss(Section):
     remove_accidental_hits: bool = False
     num_hard_negatives: Annotated[int, Field(ge=0)] = 0
     hard_negative_pool: PositiveInt = 100
+    # recent training interactions weigh more in the loss: weight 0.5 ** (age / half-life), age =
+    # days from the interaction to the end of the training period (null: every one weighs 1)
+    half_life_days: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _pool(self):
@@ -188,10 +207,13 @@ class Train(Section):
     positive_min_rating: int = 0
     min_delta: Annotated[float, Field(ge=0)] = 0.0   # an epoch is better only if it beats the best by more
     early_stopping_metric: Literal["val_loss", "val_ndcg@10", "val_recall@10"] = "val_loss"
-    batching: Literal["interactions", "users"] = "interactions"  # users: all of a user's targets per row
+    # users: all of a user's targets per row; sequences: each user's time-ordered history,
+    # the next item predicted at every position (model.architecture sasrec / gru4rec)
+    batching: Literal["interactions", "users", "sequences"] = "interactions"
     user_batch_size: PositiveInt = 128
     target_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2    # users batching: history held out as targets
     target_selection: Literal["random", "latest"] = "random"       # random: re-drawn each epoch; latest: newest
+    next_items: PositiveInt = 1   # sequences: the following items each position predicts (1: the next one)
     threads: PositiveInt = 1      # torch intra-op threads; 2 threads thrash when anything else shares 2 cores
     processes: PositiveInt = 1    # > 1: data-parallel training under torchrun (lib/movielens/distributed.py)
 
@@ -236,9 +258,18 @@ class RunParams(Section):
                               f"({self.train.processes}): each process takes an equal share of a batch")
         if self.train.processes > 1 and self.model.kind != "two_tower":
             raise ParamsError("train.processes > 1 is for the two-tower; the baselines fit in one process")
-        if self.train.batching == "users" and self.loss.kind != "full_softmax":
-            raise ParamsError("train.batching: users needs loss.kind: full_softmax (a softmax over the whole "
-                              "catalog per user)")
+        if self.train.batching in ("users", "sequences") and self.loss.kind != "full_softmax":
+            raise ParamsError(f"train.batching: {self.train.batching} needs loss.kind: full_softmax (a softmax "
+                              f"over the whole catalog per {'user' if self.train.batching == 'users' else 'position'})")
+        sequential = self.model.architecture in ("sasrec", "gru4rec")
+        if self.model.kind == "two_tower" and sequential != (self.train.batching == "sequences"):
+            raise ParamsError(f"model.architecture: {self.model.architecture} trains with train.batching: "
+                              f"{'sequences' if sequential else 'interactions or users'}")
+        if self.model.architecture == "linear" and self.train.batching != "users":
+            raise ParamsError("model.architecture: linear trains with train.batching: users (a user's held-out "
+                              "items predicted from the rest of the history)")
+        if self.loss.half_life_days is not None and self.train.batching == "interactions":
+            raise ParamsError("loss.half_life_days weighs the targets of train.batching: users or sequences")
         if self.data.dataset != "interactions" and not 0 <= self.train.positive_min_rating <= 5:
             raise ParamsError(f"train.positive_min_rating must be in 0..5, got {self.train.positive_min_rating}")
         return self

@@ -22,7 +22,7 @@ from ..core.schema import check, defaults, nullable_keys, open_keys
 from . import baselines, evaluate as evaluation
 from .data import PreparedData, prepared_data, source_fingerprint
 from .schema import RunParams
-from .train import DivergedError, Trainer, build_model, history_weights
+from .train import DivergedError, Trainer, build_model, set_query_history
 
 # Every params key, its default, type, range and rules: lib/movielens/schema.py, declared once.
 SCHEMA = RunParams
@@ -31,7 +31,7 @@ DEFAULTS = defaults(RunParams)
 # what computes results. Report layout, the CLI and params checking are left out, so that
 # editing them does not retrain every model.
 KEY_CODE = (*(f"lib/movielens/{name}.py" for name in ("data", "towers", "losses", "train", "baselines",
-                                                      "evaluate", "steps", "distributed")),
+                                                      "evaluate", "steps", "distributed", "sequences")),
             *(f"lib/core/{name}.py" for name in ("metrics", "retrieval", "stats")))
 TRAIN_EVALUATE_KEYS = ()  # training reads no evaluate setting (per-epoch figures are fixed)
 OPEN_KEYS = open_keys(RunParams)          # model.params, model.select_on_validation
@@ -171,9 +171,7 @@ def with_history(model, data: PreparedData, model_cfg: dict):
     model's user vectors and the popularity counts stay as trained."""
     if isinstance(model, torch.nn.Module):
         model = copy.deepcopy(model)
-        tower = model.user_tower
-        if tower.history != "none":
-            tower.set_history(history_weights(data, tower.history, model_cfg["history_half_life_days"]))
+        set_query_history(model.user_tower, data, model_cfg)
         return model
     return model.with_history(data.matrix("train")) if hasattr(model, "with_history") else model
 

@@ -1,4 +1,5 @@
-"""User and item towers, built from the data's feature schema.
+"""User and item towers, built from the data's feature schema (``model.architecture: mlp``)
+or from the history alone (``linear``; the sequence towers are ``lib.movielens.sequences``).
 
 User tower inputs (each switchable): the declared user features (``lib.movielens.features``;
 MovieLens: gender, age group, occupation), a user-ID embedding, and the user's training
@@ -151,6 +152,28 @@ class ItemTower(nn.Module):
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 
+def pooled_history(embedding: nn.Embedding, hist: sp.csr_matrix, users: torch.Tensor,
+                   leave_out: torch.Tensor | None, weights: sp.csr_matrix | None = None) -> torch.Tensor:
+    """Weighted mean of the history items' embeddings (rows ``users`` of ``hist``).
+    ``weights`` (len(users) x n_items) replaces the stored history rows (user-batched
+    training feeds only the input part of a user's history there); ``leave_out``: each
+    user's training target, taken out of its own history."""
+    dev = embedding.weight.device
+    rows = (hist[users.cpu().numpy().copy()] if weights is None else weights).tocoo()
+    idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
+    w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), hist.shape[1]),
+                                check_invariants=False)
+    total = torch.sparse.mm(w, embedding.weight)
+    norm = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values())
+    if leave_out is not None:
+        # The training target must not be in its own history (it would be copied, not predicted).
+        is_target = torch.as_tensor(rows.col == leave_out.cpu().numpy()[rows.row], device=dev)
+        w_t = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values() * is_target)
+        total = total - w_t[:, None] * embedding(leave_out)
+        norm = norm - w_t
+    return total / norm.clamp_min(1e-6)[:, None]
+
+
 class UserTower(nn.Module):
     def __init__(self, n_users: int, n_items: int, features: list[Feature], fit: np.ndarray, cfg: dict):
         """``features``: the user features of the schema; ``fit``: users seen in training."""
@@ -188,26 +211,6 @@ class UserTower(nn.Module):
         """Users whose ID vector training updated (the others keep a zero ID vector)."""
         self.trained_users = torch.as_tensor(mask, dtype=torch.bool, device=self.trained_users.device)
 
-    def _pooled_history(self, users: torch.Tensor, leave_out: torch.Tensor | None,
-                        weights: sp.csr_matrix | None = None) -> torch.Tensor:
-        """Weighted mean of the history items' embeddings. ``weights`` (len(users) x
-        n_items) replaces the stored history rows (user-batched training feeds only the
-        input part of a user's history there)."""
-        dev = self.hist_emb.weight.device
-        rows = (self.hist[users.cpu().numpy().copy()] if weights is None else weights).tocoo()
-        idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
-        w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), self.hist.shape[1]),
-                                    check_invariants=False)
-        total = torch.sparse.mm(w, self.hist_emb.weight)
-        norm = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values())
-        if leave_out is not None:
-            # The training target must not be in its own history (it would be copied, not predicted).
-            is_target = torch.as_tensor(rows.col == leave_out.cpu().numpy()[rows.row], device=dev)
-            w_t = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values() * is_target)
-            total = total - w_t[:, None] * self.hist_emb(leave_out)
-            norm = norm - w_t
-        return total / norm.clamp_min(1e-6)[:, None]
-
     group_rows = True  # off on a GPU (Trainer): the distinct rows are a torch.unique, which waits for the device
 
     @property
@@ -243,8 +246,54 @@ class UserTower(nn.Module):
             # Users never seen in training keep a zero ID vector instead of an untrained one.
             parts.append(self.id_emb(users) * self.trained_users[users, None])
         if self.history != "none":
-            parts.append(self._pooled_history(users, leave_out, history))
+            parts.append(pooled_history(self.hist_emb, self.hist, users, leave_out, history))
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)
+
+
+class LinearUserTower(nn.Module):
+    """The Mult-DAE family without its hidden layer (Liang et al., WWW 2018): the user vector
+    is the weighted mean of the history items' input embeddings, and a score is its dot
+    product with the item's output embedding plus the item's bias, so the model is a
+    rank-``embedding_dim`` linear item-item map (EASE is the full-rank one). The input
+    dropout is user batching's held-out targets (``train.target_fraction``, re-drawn each
+    epoch), predicted from the rest through a multinomial likelihood. Its vectors end with
+    a 1, the item vectors with the bias, so a dot product (FAISS) gives the score."""
+
+    grouped = False
+
+    def __init__(self, n_users: int, n_items: int, cfg: dict):
+        super().__init__()
+        self.history = cfg["history"]
+        self.hist_emb = nn.Embedding(n_items, cfg["embedding_dim"])
+        nn.init.normal_(self.hist_emb.weight, std=0.01)
+        self.hist = None
+        self.register_buffer("trained_users", torch.ones(n_users, dtype=torch.bool))
+
+    set_history = UserTower.set_history
+
+    def set_trained_users(self, mask: np.ndarray) -> None:
+        """Kept for the user towers' common interface: a linear tower has no user ID vectors."""
+
+    def forward(self, users: torch.Tensor, leave_out: torch.Tensor | None = None,
+                history: sp.csr_matrix | None = None) -> torch.Tensor:
+        pooled = pooled_history(self.hist_emb, self.hist, users, leave_out, history)
+        return torch.cat([pooled, pooled.new_ones(len(users), 1)], dim=1)
+
+
+class LinearItemTower(nn.Module):
+    """Item output embeddings and biases, as (n_items, embedding_dim + 1) vectors."""
+
+    grouped = False
+
+    def __init__(self, n_items: int, cfg: dict):
+        super().__init__()
+        self.out_emb = nn.Embedding(n_items, cfg["embedding_dim"])
+        nn.init.normal_(self.out_emb.weight, std=0.01)
+        self.bias = nn.Parameter(torch.zeros(n_items))
+
+    def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        vec = torch.cat([self.out_emb.weight, self.bias[:, None]], dim=1)
+        return vec if items is None else vec[items]
 
 
 class TwoTower(nn.Module):

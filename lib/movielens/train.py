@@ -2,11 +2,13 @@
 
 The pieces it is made of, each small and tested on its own:
 - batch sources: ``InteractionBatches`` (one positive (user, item) per row, shuffled each
-  epoch) and ``UserBatches`` (all of a user's held-out targets per row; the input/target
-  split of each history is drawn anew each epoch, ``split_user_history``);
+  epoch), ``UserBatches`` (all of a user's held-out targets per row; the input/target
+  split of each history is drawn anew each epoch, ``split_user_history``) and
+  ``sequences.SequenceBatches`` (users whose time-ordered histories a sequence tower reads);
 - losses: ``InteractionLoss`` (in-batch, explicit, mixed or full softmax; a general path
   and a grouped path for features-only towers, which computes the same loss faster) and
-  ``MultinomialLoss`` (user batches: a softmax over the whole catalog per user);
+  ``MultinomialLoss`` (user batches: a softmax over the whole catalog per user) and
+  ``sequences.NextItemLoss`` (a softmax over the catalog at every position of a history);
 - ``EarlyStopping``: the monitored value, patience, min_delta, and the best state.
 Every random draw comes from generators made once per trainer from the seed (numpy: batch
 order, target splits; torch on the training device: negatives; torch on the CPU: hard-negative
@@ -33,7 +35,8 @@ from ..core.device import pick_device
 from ..core.params import ParamsError
 from . import losses
 from .data import PreparedData
-from .towers import ItemTower, TwoTower, UserTower
+from .sequences import SEQUENTIAL, NextItemLoss, SequenceBatches, SequenceUserTower, SharedItemTower, padded_histories
+from .towers import ItemTower, LinearItemTower, LinearUserTower, TwoTower, UserTower
 
 
 class DivergedError(RuntimeError):
@@ -130,18 +133,43 @@ def popularity_features(data: PreparedData, window_days: float) -> np.ndarray:
 
 
 def build_model(data: PreparedData, model_cfg: dict) -> TwoTower:
-    seen_users = np.zeros(data.n_users, bool)
-    seen_users[data.train["user"].to_numpy()] = True
-    seen_items = np.zeros(data.n_items, bool)
-    seen_items[data.train["item"].to_numpy()] = True
-    user = UserTower(data.n_users, data.n_items, data.user_features, seen_users, model_cfg)
-    user.set_trained_users(seen_users)
-    pop = (popularity_features(data, model_cfg["popularity_window_days"])
-           if model_cfg["item_popularity"] else None)
-    item = ItemTower(data.n_items, data.item_features, seen_items, model_cfg, popularity=pop)
-    if model_cfg["history"] != "none":
-        user.set_history(history_weights(data, model_cfg["history"], model_cfg["history_half_life_days"]))
+    """The towers of ``model.architecture``, reading ``data``'s training history."""
+    architecture = model_cfg["architecture"]
+    if architecture in SEQUENTIAL:
+        item = SharedItemTower(data.n_items, model_cfg)
+        user = SequenceUserTower(data.n_users, item.codes, model_cfg)
+    elif architecture == "linear":
+        user, item = LinearUserTower(data.n_users, data.n_items, model_cfg), LinearItemTower(data.n_items, model_cfg)
+    else:
+        seen_users = np.zeros(data.n_users, bool)
+        seen_users[data.train["user"].to_numpy()] = True
+        seen_items = np.zeros(data.n_items, bool)
+        seen_items[data.train["item"].to_numpy()] = True
+        user = UserTower(data.n_users, data.n_items, data.user_features, seen_users, model_cfg)
+        user.set_trained_users(seen_users)
+        pop = (popularity_features(data, model_cfg["popularity_window_days"])
+               if model_cfg["item_popularity"] else None)
+        item = ItemTower(data.n_items, data.item_features, seen_items, model_cfg, popularity=pop)
+    set_query_history(user, data, model_cfg)
     return TwoTower(user, item)
+
+
+def set_query_history(tower, data: PreparedData, model_cfg: dict) -> None:
+    """Give a user tower the history its queries read: ``data``'s training split (at test
+    time with ``evaluate.query_history: train+val``, that of ``through_validation``)."""
+    if tower.history == "sequence":
+        tower.set_histories(padded_histories(data.train, data.n_users, data.n_items,
+                                             model_cfg["max_sequence_length"])[0])
+    elif tower.history != "none":
+        tower.set_history(history_weights(data, tower.history, model_cfg["history_half_life_days"]))
+
+
+def loss_weights(timestamps: np.ndarray, end: float, half_life_days: float | None) -> np.ndarray:
+    """The loss weight of training targets at ``timestamps``: 0.5 ** (age / half-life), age in
+    days to ``end`` (the end of the training period); 1 without a half-life."""
+    if half_life_days is None:
+        return np.ones(len(timestamps), np.float32)
+    return (0.5 ** ((end - np.asarray(timestamps, np.float64)) / 86400.0 / half_life_days)).astype(np.float32)
 
 
 # -- batch sources ------------------------------------------------------------------------------
@@ -171,7 +199,8 @@ class InteractionBatches:
 
 def split_user_history(hist: sp.csr_matrix, nnz_rating: np.ndarray, nnz_timestamp: np.ndarray,
                        target_fraction: float, selection: str, positive_min_rating: int,
-                       has_input_history: bool, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+                       has_input_history: bool, rng: np.random.Generator,
+                       target_weights: np.ndarray | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Split every user's training items into an input part (the history the user tower
     sees) and a target part (``target_fraction``): at random (``selection: random``,
     re-drawn at each call) or each user's most recent items (``latest``: the task the test
@@ -179,7 +208,8 @@ def split_user_history(hist: sp.csr_matrix, nnz_rating: np.ndarray, nnz_timestam
     input and one target. The targets are never in the input: the tower must predict
     them, not copy them. ``nnz_rating``/``nnz_timestamp`` are aligned with ``hist.data``;
     targets rated below ``positive_min_rating`` are dropped. Without an input history
-    (``has_input_history`` False) every item is a target."""
+    (``has_input_history`` False) every item is a target. The targets' values are
+    ``target_weights`` (aligned with ``hist.data``; a loss half-life), else 1."""
     hist = hist.tocsr()
     counts = np.diff(hist.indptr)
     row = np.repeat(np.arange(hist.shape[0]), counts)
@@ -201,8 +231,10 @@ def split_user_history(hist: sp.csr_matrix, nnz_rating: np.ndarray, nnz_timestam
     ratings_ok = nnz_rating >= positive_min_rating
     # copies of indices/indptr: eliminate_zeros() below works in place and must not touch `hist`
     inputs = sp.csr_matrix((np.where(is_target, 0, hist.data), hist.indices.copy(), hist.indptr.copy()), shape=hist.shape)
-    targets = sp.csr_matrix(((is_target & ratings_ok).astype(np.float32), hist.indices.copy(), hist.indptr.copy()),
-                            shape=hist.shape)
+    value = (is_target & ratings_ok).astype(np.float32)
+    if target_weights is not None:
+        value *= target_weights
+    targets = sp.csr_matrix((value, hist.indices.copy(), hist.indptr.copy()), shape=hist.shape)
     inputs.eliminate_zeros()
     targets.eliminate_zeros()
     return inputs, targets
@@ -334,7 +366,8 @@ class InteractionLoss:
 
 class MultinomialLoss:
     """User batches: the multinomial log-likelihood of each user's targets under a softmax
-    over the whole catalog, averaged over the user's targets; with
+    over the whole catalog, averaged over the user's targets (each weighted by its value in
+    ``targets``: 1, or its loss half-life weight); with
     ``remove_accidental_hits`` the user's input items are masked out of the softmax (they
     are excluded at evaluation too)."""
 
@@ -349,8 +382,8 @@ class MultinomialLoss:
         if self.cfg["remove_accidental_hits"]:
             mask = torch.as_tensor(inputs[users].toarray() > 0, device=self.device)
             logits = logits.masked_fill(mask, float("-inf"))
-        tgt = torch.as_tensor(targets[users].toarray(), device=self.device)
-        n = tgt.sum(1)
+        tgt = torch.as_tensor(targets[users].toarray(), device=self.device)  # 1, or a target's loss weight
+        n = (tgt > 0).sum(1)
         keep = n > 0
         logp = torch.log_softmax(logits[keep], dim=1)
         return -(torch.where(tgt[keep] > 0, logp, torch.zeros_like(logp)).sum(1) / n[keep]).mean()
@@ -467,11 +500,25 @@ class Trainer:
         log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
         self.loss = InteractionLoss(self.model, loss_cfg, self.seen, log_q, self.device, self.generator)
         self.user_loss = MultinomialLoss(self.model, loss_cfg, self.device)
+        end = float(data.train["timestamp"].max()) if len(data.train) else 0.0  # the end of the training period
+        active = np.flatnonzero(np.diff(self.seen.indptr) > 0)
         if train_cfg["batching"] == "users":
             self.nnz_rating = _aligned_with(self.seen, data.train, "rating", np.float32)
             self.nnz_timestamp = _aligned_with(self.seen, data.train, "timestamp", np.float64)
-            active = np.flatnonzero(np.diff(self.seen.indptr) > 0)
+            self.nnz_weight = (loss_weights(self.nnz_timestamp, end, loss_cfg["half_life_days"])
+                               if loss_cfg["half_life_days"] is not None else None)
             self.batches = UserBatches(active, train_cfg["user_batch_size"], self.split_user_history, self.rng)
+        elif train_cfg["batching"] == "sequences":
+            # each user's last L + 1 training items: L inputs, the next item the target at each
+            # position; a target's weight is its loss half-life weight, 0 below positive_min_rating
+            tr_all = data.train
+            weight = loss_weights(tr_all["timestamp"].to_numpy(), end, loss_cfg["half_life_days"])
+            weight = weight * (tr_all["rating"].to_numpy() >= min_r)
+            windows, weights = padded_histories(tr_all, data.n_users, data.n_items,
+                                                model_cfg["max_sequence_length"] + 1, weight)
+            self.sequence_loss = NextItemLoss(self.model, loss_cfg, windows, weights, self.device,
+                                              next_items=train_cfg["next_items"])
+            self.batches = SequenceBatches(active, train_cfg["user_batch_size"], self.rng)
         else:
             self.batches = InteractionBatches(self.train_users, self.train_items, train_cfg["batch_size"], self.rng,
                                               self.device)
@@ -495,7 +542,7 @@ class Trainer:
         t = self.train_cfg
         return split_user_history(self.input_history, self.nnz_rating, self.nnz_timestamp, t["target_fraction"],
                                   t["target_selection"], self.data.rating_threshold(t["positive_min_rating"]),
-                                  self.model.user_tower.history != "none", rng)
+                                  self.model.user_tower.history != "none", rng, self.nnz_weight)
 
     def negatives(self, users, generator: torch.Generator) -> torch.Tensor | None:
         """The batch's sampled negatives (explicit and mixed losses), from ``generator``."""
@@ -513,6 +560,8 @@ class Trainer:
     def local_loss(self, batch) -> torch.Tensor:
         if self.train_cfg["batching"] == "users":
             return self.user_loss(*batch)
+        if self.train_cfg["batching"] == "sequences":
+            return self.sequence_loss(batch)
         users, items = batch
         negatives = self.negatives(users, self.sample_generator)
         if self.world_size == 1:
@@ -537,11 +586,12 @@ class Trainer:
     def validation_loss(self) -> float:
         """The training loss on the validation positives: for user batches, inputs = the
         whole training history and targets = the validation positives; for interaction
-        batches, fixed negatives and batch order (seeded apart from training)."""
+        batches, fixed negatives and batch order (seeded apart from training); for sequences,
+        the user vector after the whole training history against the validation positives."""
         if len(self.val_users) == 0:
             return float("nan")
         self.model.eval()
-        if self.train_cfg["batching"] == "users":
+        if self.train_cfg["batching"] in ("users", "sequences"):
             val = sp.csr_matrix((np.ones(len(self.val_users), np.float32), (self.val_users, self.val_items)),
                                 shape=self.seen.shape)
             users = np.unique(self.val_users)
