@@ -78,6 +78,12 @@ def test_smoke_report_figures(tmp_path):
     # the markdown shows the companion's figures (the reference's line in the summary)
     assert "- Reference two-tower (features only, mixed loss): NDCG@10 0.2703, Recall@10 0.4310, HitRate@10 0.7082." in text
     assert "{{" not in text and "Smoke render" in text
-    assert sorted(c["figs"]) == ["at_k", "ci", "loss"]
+    assert sorted(c["figs"]) == ["at_k", "ci", "loss", "rank"]
+    # the rank sweep: the linear towers by dimension beside EASE on validation, and the sequence towers
+    assert [r["dim"] for r in c["rank_sweep"]["rows"]] == [64, 128, 256, 512, 1024, 2048]
+    ease = next(r for r in c["runs"].values() if r["config"]["model"]["kind"] == "ease"
+                and r["config"]["data"]["dataset"] == "synthetic" and "val" in r["splits"])
+    assert c["rank_sweep"]["ease"] == pytest.approx(ease["splits"]["val"]["metrics"]["ndcg@10"], rel=1e-12)
+    assert [v["label"].split(":")[0] for v in c["sequence_rows"]] == ["s1", "s2", "s3"]
     for rel in c["figs"].values():  # named by the report they belong to, shown in its markdown
         assert rel.startswith("figures/EVAL-") and (tmp_path / rel).is_file() and f"]({rel})" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import os
 import time
@@ -19,7 +20,7 @@ from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, merge_checked  # noqa: E402
 from ..core.rendering import provenance, prune_figures, render, save_figures  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
-from . import steps  # noqa: E402
+from . import baselines, steps  # noqa: E402
 
 REPORT_DEFAULTS = {
     "output": "reports/EVALUATION_REPORT.md",
@@ -35,6 +36,17 @@ REPORT_DEFAULTS = {
     "bootstrap": 1000,
     # seconds: the reference epoch (2 torch threads; make bench), ranking, the whole make report
     "speed_targets": {"epoch": 10.0, "rank": 5.0, "report": 1200.0},
+    # the verdict per test-time protocol (names of PROTOCOLS), every compared model trained with
+    # each of ``seeds`` (the randomised ones; a deterministic model is the same at every seed)
+    "protocols": [],
+    "seeds": [0],
+}
+PROTOCOLS = {
+    "reference": ("Reference: queries read their training history", {}),
+    "history_through_validation": ("History through validation: queries read train + validation, no retraining",
+                                   {"evaluate": {"query_history": "train+val"}}),
+    "refit": ("Refit on train + validation with what validation chose, then test",
+              {"evaluate": {"query_history": "train+val", "refit": True}}),
 }
 OPEN = frozenset({"report.targets"})
 CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
@@ -52,12 +64,55 @@ def report_config(raw: dict) -> dict:
     for metric, t in cfg["targets"].items():
         if not isinstance(t, dict) or set(t) != {"min", "good"}:
             raise ParamsError(f"report.targets.{metric}: needs exactly 'min' and 'good'")
+    for name in cfg["protocols"]:
+        if name not in PROTOCOLS:
+            close = difflib.get_close_matches(str(name), list(PROTOCOLS), n=1)
+            raise ParamsError(f"report.protocols: unknown protocol {name!r}"
+                              + (f" (did you mean '{close[0]}'?)" if close else "") + f"; known: {list(PROTOCOLS)}")
+    if not cfg["seeds"] or len(set(cfg["seeds"])) != len(cfg["seeds"]) or \
+            not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in cfg["seeds"]):
+        raise ParamsError(f"report.seeds: distinct non-negative integers, got {cfg['seeds']!r}")
     cfg["runs"] = sorted(set(_all_params(cfg)))
     # runs that are a variant's params file on another dataset (other_datasets with
     # two_tower: auto): lib.run executes them with the runs above, as (file, overrides)
     cfg["derived_runs"] = [(e["params"], _on_dataset(entry["dataset"])) for entry in cfg["other_datasets"]
                            if entry["two_tower"] == "auto" for e in cfg["two_tower_variants"]]
+    # the baselines under each protocol and seed (the chosen two-tower is known only once its
+    # variants are scored on validation: the report runs it)
+    for entries, dataset in [(cfg["baselines"], None)] + [(o["baselines"], o["dataset"]) for o in cfg["other_datasets"]]:
+        for e in entries:
+            for overrides in _protocol_seed_overrides(cfg, e["params"]):
+                if overrides:
+                    cfg["derived_runs"].append((e["params"], deep_merge(overrides, _on_dataset(dataset) if dataset else {})))
     return cfg
+
+
+def _seed_override(params: str, seed: int) -> dict | None:
+    """The overrides that train ``params`` with ``seed``: {} for its own seed, None for a
+    model without randomness (the same at every seed)."""
+    from ..core.params import load_yaml
+    raw = load_yaml(ROOT / params)
+    kind = (raw.get("model") or {}).get("kind", "two_tower")
+    if kind == "two_tower":
+        return {} if seed == raw.get("seed", 0) else {"seed": seed}
+    if "seed" not in inspect.signature(baselines.BASELINES[kind]).parameters:
+        return None
+    own = ((raw.get("model") or {}).get("params") or {}).get("seed", 0)
+    return {} if seed == own else {"model": {"params": {"seed": seed}}}
+
+
+def _protocol_seed_overrides(cfg: dict, params: str) -> list[dict]:
+    """Every (protocol, seed) run of ``params`` as overrides, the deterministic models once per protocol."""
+    out = []
+    for name in cfg["protocols"]:
+        for seed in cfg["seeds"]:
+            seeded = _seed_override(params, seed)
+            if seeded is None:
+                if seed != cfg["seeds"][0]:
+                    continue
+                seeded = {}
+            out.append(deep_merge(seeded, PROTOCOLS[name][1]))
+    return out
 
 
 def _on_dataset(dataset: str) -> dict:
@@ -200,6 +255,116 @@ def _recency_gain(rows: list[dict]) -> dict | None:
     return {"popularity": pop, "recent_popularity": rec, "gain": rec / pop - 1 if pop else float("nan")}
 
 
+def _with_history(entry: dict, metric: str) -> float | None:
+    """A split's ``metric`` over its users with training history (the split's mean minus
+    what the users without history contribute)."""
+    n, cold = entry["n_users"], entry.get("n_users_without_train_history", 0)
+    if not cold:
+        return entry["metrics"][metric]
+    if n == cold:
+        return None
+    return (entry["metrics"][metric] * n - entry["metrics_without_history"][metric] * cold) / (n - cold)
+
+
+def _cold_share(entry: dict) -> dict:
+    n, cold = entry["n_users"], entry.get("n_users_without_train_history", 0)
+    return {"users": n, "without_history": cold, "share": cold / n if n else float("nan")}
+
+
+def _rank_sweep(variants: list[dict], ease: dict | None) -> dict | None:
+    """The linear history tower's validation figures by dimension, beside EASE's (the
+    full-rank linear item-item model), over all validation users and over those with
+    training history (the only ones a history model can use its rank on)."""
+    rows = sorted((v for v in variants if v.get("architecture") == "linear"), key=lambda v: v["dim"])
+    if not rows or ease is None or "val" not in ease["splits"]:
+        return None
+    val = ease["splits"]["val"]
+    best = max(rows, key=lambda v: v["warm_ndcg"] or 0.0)
+    return {"rows": rows, "ease": val["metrics"]["ndcg@10"], "ease_warm": _with_history(val, "ndcg@10"),
+            "ease_hyper": ease["train"].get("hyperparameters"), "best": best,
+            "gap_warm": best["warm_ndcg"] - _with_history(val, "ndcg@10"),
+            "gain_warm": rows[-1]["warm_ndcg"] - rows[0]["warm_ndcg"]}
+
+
+def _seed_runs(get, rcfg: dict, params: str, extra: dict) -> list[dict]:
+    """``params`` under ``extra`` once per report seed (once in all for a deterministic model,
+    and on generated data, which is drawn from the run's seed: another seed would be
+    another dataset, so the seeds could not be averaged user by user)."""
+    out = []
+    for seed in rcfg["seeds"]:
+        if out and out[0]["config"]["data"]["dataset"] == "synthetic":
+            break
+        seeded = _seed_override(params, seed)
+        if seeded is None:
+            if out:
+                continue
+            seeded = {}
+        out.append(get(params, deep_merge(extra, seeded)))
+    return out
+
+
+def _seed_mean_row(label: str, results: list[dict]) -> dict:
+    """A model's test figures averaged over its seeds, with their range, and its per-user
+    figures averaged over the seeds (for the paired test)."""
+    metrics = {m: [r["splits"]["test"]["metrics"][m] for r in results] for m in CMP_METRICS}
+    users = _per_user(results[0], "test", CMP_METRICS[0])[0]
+    per_user = {}
+    for m in CMP_METRICS:
+        runs = [_per_user(r, "test", m) for r in results]
+        if any(not np.array_equal(u, users) for u, _ in runs):
+            raise RuntimeError(f"{label}: the seeds evaluated different test users")
+        per_user[m] = np.mean([v for _, v in runs], axis=0)
+    return {"label": label, "run": results[0]["run"], "seeds": len(results),
+            "mean": {m: float(np.mean(v)) for m, v in metrics.items()},
+            "low": {m: float(np.min(v)) for m, v in metrics.items()},
+            "high": {m: float(np.max(v)) for m, v in metrics.items()},
+            "kind": results[0]["config"]["model"]["kind"], "users": users, "per_user": per_user,
+            "n_users": int(len(users))}
+
+
+def _protocol_table(get, rcfg: dict, protocol: str, dataset_label: str, base_entries: list[dict],
+                    tt_params: str, tt_label: str, data_extra: dict, on_test: dict) -> dict:
+    """One (dataset, protocol) table: every baseline and the chosen two-tower, each
+    seed-averaged, and per metric the verdict against the best baseline (by its
+    seed-averaged figure): the two-tower wins if its seed-averaged figure is at least the
+    baseline's and the paired bootstrap over users (per-user figures averaged over seeds)
+    does not put it significantly below."""
+    label, overrides = PROTOCOLS[protocol]
+    extra = deep_merge(overrides, data_extra)
+    rows = [_seed_mean_row(b["label"], _seed_runs(get, rcfg, b["params"], extra)) for b in base_entries]
+    tt = _seed_mean_row(f"Two-tower ({tt_label.split(':')[0]})", _seed_runs(get, rcfg, tt_params, deep_merge(on_test, extra)))
+    dataset = get(tt_params, deep_merge(on_test, extra))["config"]["data"]["dataset"]
+    verdicts = []
+    for metric in CMP_METRICS:
+        top = max(rows, key=lambda r: r["mean"][metric])
+        if not np.array_equal(top["users"], tt["users"]):
+            raise RuntimeError("the paired test needs the same evaluated users")
+        p = stats.paired_bootstrap(tt["per_user"][metric], top["per_user"][metric], n_boot=rcfg["bootstrap"], seed=0)
+        diff = tt["mean"][metric] - top["mean"][metric]
+        verdicts.append({"dataset": dataset, "protocol": protocol, "metric": metric, "two_tower": tt["mean"][metric],
+                         "two_tower_run": tt["run"], "two_tower_seeds": tt["seeds"], "best_baseline": top["label"],
+                         "baseline": top["mean"][metric], "baseline_run": top["run"], "diff": diff,
+                         "ci_low": p["low"], "ci_high": p["high"], "p_value": p["p_value"],
+                         "wins": bool(diff >= 0 and p["high"] >= 0)})
+    shown = [{k: v for k, v in r.items() if k not in ("users", "per_user")} for r in rows + [tt]]
+    return {"dataset": dataset, "dataset_label": dataset_label, "protocol": protocol, "label": label,
+            "rows": shown, "verdicts": verdicts, "n_users": tt["n_users"]}
+
+
+def _fig_rank(sweep: dict):
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    dims = [r["dim"] for r in sweep["rows"]]
+    ax.plot(dims, [r["m"]["ndcg@10"] for r in sweep["rows"]], marker="o", label="linear tower, all val users")
+    ax.plot(dims, [r["warm_ndcg"] for r in sweep["rows"]], marker="s", label="linear tower, users with history")
+    ax.axhline(sweep["ease"], color="C0", ls="--", lw=1, label="EASE^R, all val users")
+    ax.axhline(sweep["ease_warm"], color="C1", ls="--", lw=1, label="EASE^R, users with history")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="embedding dimension (rank)", ylabel="validation NDCG@10", title="Rank: linear tower vs EASE^R")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _verdicts(best_tt: dict, rows: list[dict]) -> list[dict]:
     out = []
     base = [r for r in rows if r["kind"] != "two_tower"]
@@ -223,9 +388,7 @@ def render_report(rcfg: dict) -> dict:
         key = json.dumps([path, extra], sort_keys=True)
         if key not in cache:
             # the report's run_overrides (smoke renders) win over per-role extras
-            merged = {k: deep_merge((extra or {}).get(k) or {}, (ov or {}).get(k) or {})
-                      for k in set(ov or {}) | set(extra or {})}
-            cache[key] = _ensure(path, merged)
+            cache[key] = _ensure(path, deep_merge(extra or {}, ov or {}))
         return cache[key]
 
     main = get(rcfg["main_run"])
@@ -242,8 +405,20 @@ def render_report(rcfg: dict) -> dict:
         v = res["splits"]["val"]
         variants.append({"label": e["label"], "m": v["metrics"], "params": e["params"],
                          "train_seconds": res["train"]["seconds"], "best_epoch": res["train"].get("best_epoch"),
-                         "parameters": res["train"].get("parameters", {}).get("total")})
+                         "parameters": res["train"].get("parameters", {}).get("total"),
+                         "architecture": res["config"]["model"]["architecture"],
+                         "history": res["config"]["model"]["history"],
+                         "dim": res["config"]["model"]["embedding_dim"],
+                         "warm_ndcg": _with_history(v, "ndcg@10")})
+    for v in variants[:1]:
+        v["warm_ndcg"] = _with_history(main["splits"]["val"], "ndcg@10")
     best_variant = max(variants, key=lambda v: v["m"]["ndcg@10"]) if variants else None
+    ease = next((get(e["params"]) for e in rcfg["baselines"] if get(e["params"])["config"]["model"]["kind"] == "ease"),
+                None)
+    rank_sweep = _rank_sweep(variants, ease)
+    sequence_rows = [v for v in variants if v.get("architecture") in ("sasrec", "gru4rec")]
+    pooled = [v for v in variants if v.get("history") not in (None, "none") and v["warm_ndcg"] is not None]
+    best_pooled = max(pooled, key=lambda v: v["warm_ndcg"]) if pooled else None  # on users with history
     on_test = {"evaluate": {"splits": ["val", "test"]}}
     best_params = rcfg["best_two_tower"]
     if best_params == "auto":
@@ -264,6 +439,9 @@ def render_report(rcfg: dict) -> dict:
     main_losses = [r for r in base_rows if any(r["m"][m] > main_row["m"][m] for m in CMP_METRICS)]
 
     others = []
+    # (dataset label, baselines, chosen two-tower params, its label, data overrides): the protocol tables
+    compared = [("MovieLens-1M", rcfg["baselines"], best_params,
+                 next((v["label"] for v in variants if v["params"] == best_params), "best"), {})]
     for entry in rcfg["other_datasets"]:
         selection = []
         if entry["two_tower"] == "auto":
@@ -281,11 +459,18 @@ def render_report(rcfg: dict) -> dict:
         rows = [_row(b["label"], get(b["params"])) for b in entry["baselines"]] + [tt]
         others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"],
                        "selection": selection, "recency": _recency_gain(rows)})
+        if entry["two_tower"] == "auto":
+            compared.append((entry["label"], entry["baselines"], pick["params"], pick["label"], on_ds))
 
+    protocol_tables = [_protocol_table(get, rcfg, name, *c, on_test=on_test)
+                       for c in compared if c[2] and c[1] for name in rcfg["protocols"]]
     curves = {"reference config": main, **{e["label"]: get(e["params"]) for e in rcfg["fix_progression"]}}
     if best_params:
         curves["best two-tower"] = best
-    figs = save_figures({"loss": _fig_loss(curves), "at_k": _fig_at_k(comparison), "ci": _fig_ci(comparison)}, out_md)
+    figures = {"loss": _fig_loss(curves), "at_k": _fig_at_k(comparison), "ci": _fig_ci(comparison)}
+    if rank_sweep:
+        figures["rank"] = _fig_rank(rank_sweep)
+    figs = save_figures(figures, out_md)
 
     targets = []
     for metric, t in rcfg["targets"].items():
@@ -320,12 +505,17 @@ def render_report(rcfg: dict) -> dict:
         "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
         "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
+        "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled,
+        "protocol_tables": protocol_tables,
+        "seeds": rcfg["seeds"],
+        "cold": {split: _cold_share(best["splits"][split]) for split in ("val", "test") if split in best["splits"]},
     }
     prov = provenance(params_files, checks, wall)
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     context["provenance"] = prov
     md = render("evaluation_report.md.j2", context)
     companion = {k: v for k, v in context.items() if k not in ("main", "best")}
+    companion["verdicts_by_protocol"] = [v for t in protocol_tables for v in t["verdicts"]]
     companion["runs"] = {r["run"]: {kk: vv for kk, vv in r.items() if not kk.startswith("_")}
                          for r in cache.values()}
     atomic_write_json(out_md.with_suffix(".json"), json.loads(json.dumps(companion, default=float)))
