@@ -22,7 +22,7 @@ endif
 export TWOTOWER_REPORT_START
 
 .PHONY: setup test unit integration e2e notebooks sync-notebooks report report-movielens report-wikiseq \
-        report-wikiseq-quick example bench bench-scale bench-wikiseq clean strip
+        report-wikiseq-quick example bench bench-scale bench-wikiseq tune clean strip
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,12 @@ report: setup
 else
 report: report-movielens report-wikiseq
 endif
+
+# Every model's hyperparameters searched with one budget of Optuna trials on validation
+# (params/movielens/tuning/tune.yaml; resumable): writes params/movielens/tuning/*. Too slow
+# for `make report`, which trains the configurations it chose. TUNE_ARGS="--datasets ml-100k".
+tune: setup
+	$(PY) -m lib.movielens.tune params/movielens/tuning/tune.yaml $(TUNE_ARGS)
 
 # The "Your data" example: a generated interactions log (data/example/, git-ignored) and its
 # report, reports/example.md.

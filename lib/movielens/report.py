@@ -40,6 +40,8 @@ REPORT_DEFAULTS = {
     # each of ``seeds`` (the randomised ones; a deterministic model is the same at every seed)
     "protocols": [],
     "seeds": [0],
+    # make tune's tables (<folder>/<dataset>.json), shown when present
+    "tuning": "",
 }
 PROTOCOLS = {
     "reference": ("Reference: queries read their training history", {}),
@@ -286,6 +288,19 @@ def _rank_sweep(variants: list[dict], ease: dict | None) -> dict | None:
             "gain_warm": rows[-1]["warm_ndcg"] - rows[0]["warm_ndcg"]}
 
 
+def _tuning_tables(folder: str) -> list[dict]:
+    """make tune's table per dataset (written by ``lib.movielens.tune``), if it ran."""
+    if not folder:
+        return []
+    tables = []
+    for f in sorted((ROOT / folder).glob("*.json")):
+        t = json.loads(f.read_text())
+        t["file"] = str(f.relative_to(ROOT))
+        t["rows"] = sorted(t["models"].values(), key=lambda m: m["name"])
+        tables.append(t)
+    return tables
+
+
 def _seed_runs(get, rcfg: dict, params: str, extra: dict) -> list[dict]:
     """``params`` under ``extra`` once per report seed (once in all for a deterministic model,
     and on generated data, which is drawn from the run's seed: another seed would be
@@ -506,7 +521,7 @@ def render_report(rcfg: dict) -> dict:
         "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
         "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled,
-        "protocol_tables": protocol_tables,
+        "protocol_tables": protocol_tables, "tuning": _tuning_tables(rcfg["tuning"]),
         "seeds": rcfg["seeds"],
         "cold": {split: _cold_share(best["splits"][split]) for split in ("val", "test") if split in best["splits"]},
     }

@@ -1,0 +1,74 @@
+"""make tune: one budget of Optuna trials per model on validation, resumable, and tuned
+params files that reproduce their best trial."""
+import json
+
+import pytest
+import yaml
+
+from lib.core import runs
+from lib.core.params import ParamsError
+from lib.movielens import steps, tune
+
+pytestmark = pytest.mark.e2e
+
+
+def _tune_file(tmp_path, trials: int = 3) -> str:
+    base = tmp_path / "ease_base.yaml"
+    base.write_text("study: movielens\ndata: {dataset: ml-1m}\nmodel: {kind: ease, select_on_validation: {l2: [1.0, 2.0]}}\n")
+    spec = {"study": "movielens", "tune": {"datasets": ["synthetic"], "trials": trials, "seed": 0,
+                                           "output": str(tmp_path / "tuned"),
+                                           "models": [{"name": "ease", "params": str(base),
+                                                       "space": {"model.params.l2": {"float": [1.0, 1000.0], "log": True}}}]}}
+    f = tmp_path / "tune.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return str(f)
+
+
+def test_tuning_writes_the_best_trial_and_resumes(tmp_path, capsys):
+    f = _tune_file(tmp_path)
+    assert tune.main([f]) == 0
+    table = json.loads((tmp_path / "tuned" / "synthetic.json").read_text())
+    ease = table["models"]["ease"]
+    assert (ease["trials"], ease["failed"], table["trials_per_model"]) == (3, 0, 3)
+    out = capsys.readouterr().out
+    values = [float(line.split("val NDCG@10 ")[1].split()[0]) for line in out.splitlines() if "trial " in line]
+    assert len(values) == 3 and ease["best_value"] == pytest.approx(max(values), abs=5e-5)
+    # the tuned file: the base file with the best value, no grid, on the tuned dataset; it reproduces the trial
+    tuned = tmp_path / "tuned" / "synthetic_ease.yaml"
+    raw = yaml.safe_load(tuned.read_text())
+    assert raw["model"]["params"] == {"l2": ease["best_params"]["model.params.l2"]}
+    assert "select_on_validation" not in raw["model"] and raw["data"]["dataset"] == "synthetic"
+    run = runs.run_from_file(tuned, {"evaluate": {"splits": ["val"]}})
+    steps.evaluate(run)
+    got = json.loads((run.dir / "metrics.json").read_text())["splits"]["val"]["metrics"]["ndcg@10"]
+    assert got == pytest.approx(ease["best_value"], rel=1e-9)
+    # resumed: the trials done are not run again; a larger budget adds only the missing ones
+    assert tune.main([f]) == 0
+    assert "trial " not in capsys.readouterr().out
+    assert tune.main([f, "--trials", "4"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if "trial " in line][0].startswith(
+        "[synthetic ease] trial 4/4")
+    assert json.loads((tmp_path / "tuned" / "synthetic.json").read_text())["models"]["ease"]["trials"] == 4
+
+
+@pytest.mark.parametrize("space,match", [
+    ({"model.params.l2": {"float": [10.0, 1.0]}}, "low < high"),
+    ({"model.params.l2": {"float": [0.0, 1.0], "log": True}}, "low > 0 with log"),
+    ({"model.params.l2": {"uniform": [1.0, 2.0]}}, "one of"),
+    ({"model.params.lambda": {"float": [1.0, 2.0]}}, "unexpected keyword"),
+])
+def test_a_bad_search_space_fails_before_any_trial(tmp_path, space, match):
+    f = _tune_file(tmp_path)
+    spec = yaml.safe_load(open(f))
+    spec["tune"]["models"][0]["space"] = space
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ParamsError, match=match):
+        tune.tune_config(tmp_path / "tune.yaml")
+
+
+@pytest.mark.unit
+def test_the_committed_tune_file_and_tuned_files_are_valid():
+    cfg = tune.tune_config(runs.ROOT / "params/movielens/tuning/tune.yaml")
+    assert {m["name"] for m in cfg["models"]} >= {"ease", "ials", "itemknn", "bpr", "two_tower_u11"}
+    for f in sorted((runs.ROOT / "params/movielens/tuning").glob("*_*.yaml")):
+        runs.run_parameters(f)
