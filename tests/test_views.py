@@ -37,3 +37,33 @@ def test_metrics_overview_shows_the_stored_ci(run):
     table = out["bootstrap_ci"]
     row = table[(table["split"] == "test") & (table["metric"] == "ndcg@10")].iloc[0]
     assert (row["95% CI low"], row["95% CI high"]) == pytest.approx((stored["low"], stored["high"]))
+
+
+@pytest.mark.parametrize("model,loss,train", [
+    ({"architecture": "sasrec", "embedding_dim": 16, "max_sequence_length": 10}, {"kind": "full_softmax"},
+     {"batching": "sequences", "next_items": 2, "max_epochs": 1}),
+    ({"architecture": "gru4rec", "embedding_dim": 16, "max_sequence_length": 10}, {"kind": "full_softmax"},
+     {"batching": "sequences", "max_epochs": 1}),
+    ({"architecture": "linear", "history": "mean", "embedding_dim": 16}, {"kind": "full_softmax"},
+     {"batching": "users", "max_epochs": 1}),
+])
+def test_every_view_shows_the_linear_and_sequence_towers(model, loss, train):
+    """The notebooks' views of a run of each new architecture (what notebooks 02 and 03 show)."""
+    r = runs.configure(data={"dataset": "synthetic"}, model=model, loss=loss, train=train,
+                       evaluate={"bootstrap": 50}, run=f"views_{model['architecture']}")
+    steps.evaluate(r)
+    assert model["architecture"] in views.model_overview(r)["model"]
+    batch = views.training_batch(r)
+    data = steps.load_data(r)
+    rows = batch["first rows"]
+    assert len(rows) == 8 and set(rows["user_id"]) <= set(data.user_ids)
+    if train["batching"] == "sequences":  # each shown history: the user's latest training items, in time order
+        row = rows.iloc[0]
+        user = int(np.flatnonzero(data.user_ids == row["user_id"])[0])
+        n, window = int((data.train["user"] == user).sum()), model["max_sequence_length"] + 1
+        # the window holds the last L + 1 items, after a start code if the history fits whole
+        assert row["positions"] == min(n, window) + (n < window) - 1
+        assert row["starts with"] == ("the start code" if n < window else "a cut history")
+    assert len(views.training_curves(r)["history"]) == 1
+    assert len(views.example_query(r)["top-10"]) == 10
+    assert views.retrieval_check(r)["faiss_vs_bruteforce"]["same top-10 (FAISS vs exact brute force)"].min() == 1.0

@@ -110,16 +110,27 @@ def model_overview(run) -> dict:
         return out
     data = steps.load_data(run)
     model = steps.load_model(run, data)
+    counts = model.n_parameters()
+    parts = pd.DataFrame([{"part": k, "parameters": v} for k, v in counts.items()])
+    if m["architecture"] in ("sasrec", "gru4rec"):
+        encoder = (f"{m['attention_blocks']} causal self-attention blocks ({m['attention_heads']} head(s))"
+                   if m["architecture"] == "sasrec" else "one GRU layer")
+        return {"model": f"two-tower, {m['architecture']}: {encoder} over the last {m['max_sequence_length']} "
+                         f"training items in time order, {m['embedding_dim']}-d item embeddings shared by both towers",
+                "parameters": parts, "architecture": str(model)}
+    if m["architecture"] == "linear":
+        return {"model": f"two-tower, linear: the mean of the history items' {m['embedding_dim']}-d embeddings (history "
+                         f"{m['history']}) . the item's output embedding + the item's bias",
+                "parameters": parts, "architecture": str(model)}
     inputs = {"user tower": ", ".join([*(["gender, age, occupation"] if m["user_features"] else []),
                                        *(["user id"] if m["id_embeddings"] else []),
                                        *([f"history ({m['history']})"] if m["history"] != "none" else [])]),
               "item tower": ", ".join([*(["genres, year"] if m["item_features"] else []),
                                        *(["item id"] if m["id_embeddings"] else []),
                                        *(["popularity"] if m["item_popularity"] else [])])}
-    counts = model.n_parameters()
     return {"model": f"two-tower, {m['embedding_dim']}-d L2-normalised embeddings, MLP {m['hidden']}",
             "inputs": pd.DataFrame([{"tower": k, "inputs": v} for k, v in inputs.items()]),
-            "parameters": pd.DataFrame([{"part": k, "parameters": v} for k, v in counts.items()]),
+            "parameters": parts,
             "architecture": str(model)}
 
 
@@ -141,6 +152,22 @@ def training_batch(run, n_rows: int = 8, n_negatives: int = 3) -> dict:
         return {"batch": f"{len(users)} users; each user's training items split into inputs and targets "
                          f"({cfg['train']['target_selection']}, {cfg['train']['target_fraction']:.0%} targets); "
                          f"loss: softmax over the whole catalog per target",
+                "first rows": pd.DataFrame(rows)}
+    if cfg["train"]["batching"] == "sequences":
+        windows = trainer.sequence_loss.windows.cpu().numpy()
+        n_items = data.n_items
+        rows = []
+        for u in batch[:n_rows]:
+            codes = [int(c) for c in windows[u] if c > 0]
+            items = [c - 1 for c in codes if c <= n_items]
+            rows.append({"user_id": data.user_ids[u], "positions": len(codes) - 1,
+                         "starts with": "the start code" if codes and codes[0] == n_items + 1 else "a cut history",
+                         "last items": "; ".join(title(i) for i in items[-3:])})
+        ahead = cfg["train"]["next_items"]
+        return {"batch": f"{len(batch)} users; each user's last {cfg['model']['max_sequence_length']} training items "
+                         f"in time order, read by the {cfg['model']['architecture']} encoder; at every position the "
+                         f"target is the next {'item' if ahead == 1 else f'{ahead} items'}, scored by a softmax over "
+                         f"the whole catalog",
                 "first rows": pd.DataFrame(rows)}
     users, items = batch
     negatives = trainer.negatives(users, trainer.sample_generator)
