@@ -2,7 +2,7 @@
 
     python -m lib.run params/movielens/two_tower_reference.yaml [more.yaml ...] [--force]
     python -m lib.run --report params/movielens/report.yaml [--output PATH] [--jobs 2]
-    python -m lib.run --check params/*/*.yaml   # validate only (run files and report files)
+    python -m lib.run --check params/*/*.yaml   # validate only (run, report and tune files)
     python -m lib.run --schema movielens        # every params key: type, default, range, allowed values
 
 A run executes notebooks 01-03 with the params file; a report executes 04, which gathers
@@ -15,6 +15,7 @@ params or usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -29,12 +30,16 @@ DATA_ROOT_ENV = "TWOTOWER_DATA_ROOT"  # read by the studies' loaders
 
 
 def check(paths: list[str]) -> int:
-    """Validate every file (a run file, or a report file and every run it lists,
-    ``lib.core.runs.is_report_file``); print one line per file; 2 if any failed."""
+    """Validate every file (a run file, a report file and every run it lists,
+    ``lib.core.runs.is_report_file``, or a tune file and every trial's base run); print one
+    line per file; 2 if any failed."""
     bad = 0
     for p in paths:
         try:
-            if is_report_file(p, load_yaml(p)):
+            raw = load_yaml(p)
+            if "tune" in raw:  # a tune file (make tune): its study's tune module checks it
+                importlib.import_module(f"lib.{raw.get('study', Path(p).parent.name)}.tune").tune_config(Path(p))
+            elif is_report_file(p, raw):
                 report_runs(p)
             else:
                 run_parameters(p)
