@@ -128,9 +128,10 @@ def test_report_validates_every_run_then_renders_the_report_file_it_was_given(mo
                         rendered.append((nb, params)))
     report_file = ROOT / "params/movielens/report.yaml"
     runner.report(report_file)
-    # 44 run files, the 26 two-tower variants again on ML-100K, and per dataset the baselines under
+    # 44 run files, 2 tuned two-towers on each dataset, the 28 ML-1M two-tower variants again on ML-100K,
+    # and per dataset the baselines under
     # the other protocols and seeds: 3 seeded x (3 x 3 - 1) + 4 deterministic x (3 - 1) = 32
-    assert len(ran) == 44 + 26 + 2 * 32
+    assert len(ran) == 44 + 2 + 2 + 28 + 2 * 32
     assert rendered == [("04_compare.ipynb", {"study": "movielens", "report_file": str(report_file.resolve()),
                                               "output": None, "run_overrides": {}})]
 

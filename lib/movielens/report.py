@@ -61,8 +61,10 @@ def report_config(raw: dict) -> dict:
             if not isinstance(entry, dict) or set(entry) != {"label", "params"}:
                 raise ParamsError(f"report.{key}: each entry needs exactly 'label' and 'params', got {entry!r}")
     for entry in cfg["other_datasets"]:
-        if set(entry) != {"label", "dataset", "two_tower", "baselines"}:
-            raise ParamsError(f"report.other_datasets: entries need label, dataset, two_tower, baselines; got {sorted(entry)}")
+        if not {"label", "dataset", "two_tower", "baselines"} <= set(entry) <= \
+                {"label", "dataset", "two_tower", "baselines", "two_tower_candidates"}:
+            raise ParamsError(f"report.other_datasets: entries need label, dataset, two_tower, baselines (and "
+                              f"optionally two_tower_candidates: [{{label, params}}]); got {sorted(entry)}")
     for metric, t in cfg["targets"].items():
         if not isinstance(t, dict) or set(t) != {"min", "good"}:
             raise ParamsError(f"report.targets.{metric}: needs exactly 'min' and 'good'")
@@ -130,7 +132,7 @@ def _all_params(cfg):
     for entry in cfg["other_datasets"]:
         if entry["two_tower"] != "auto":
             yield entry["two_tower"]
-        yield from (e["params"] for e in entry["baselines"])
+        yield from (e["params"] for e in entry["baselines"] + entry.get("two_tower_candidates", []))
 
 
 def _ensure(path: str, overrides: dict) -> dict:
@@ -430,7 +432,8 @@ def render_report(rcfg: dict) -> dict:
     best_variant = max(variants, key=lambda v: v["m"]["ndcg@10"]) if variants else None
     ease = next((get(e["params"]) for e in rcfg["baselines"] if get(e["params"])["config"]["model"]["kind"] == "ease"),
                 None)
-    rank_sweep = _rank_sweep(variants, ease)
+    rank_sweep = _rank_sweep([v for v in variants  # the sweep's own files (tt_l*), not a tuned linear tower
+                              if not (rcfg["tuning"] and Path(v["params"]).parent == Path(rcfg["tuning"]))], ease)
     sequence_rows = [v for v in variants if v.get("architecture") in ("sasrec", "gru4rec")]
     pooled = [v for v in variants if v.get("history") not in (None, "none") and v["warm_ndcg"] is not None]
     best_pooled = max(pooled, key=lambda v: v["warm_ndcg"]) if pooled else None  # on users with history
@@ -464,9 +467,12 @@ def render_report(rcfg: dict) -> dict:
             on_ds = _on_dataset(entry["dataset"])
             for e in rcfg["two_tower_variants"]:
                 v = get(e["params"], on_ds)["splits"]["val"]["metrics"]
-                selection.append({"label": e["label"], "params": e["params"], "m": v})
+                selection.append({"label": e["label"], "params": e["params"], "m": v, "extra": on_ds})
+            for e in entry.get("two_tower_candidates", []):  # params files of this dataset (tuned on it)
+                v = get(e["params"])["splits"]["val"]["metrics"]
+                selection.append({"label": e["label"], "params": e["params"], "m": v, "extra": {}})
             pick = max(selection, key=lambda v: v["m"]["ndcg@10"])
-            tt_res = get(pick["params"], {**on_test, **on_ds})
+            tt_res = get(pick["params"], {**on_test, **pick["extra"]})
             tt_label = f"Two-tower (best on {entry['label']} validation: {pick['label'].split(':')[0]})"
         else:
             tt_res, tt_label = get(entry["two_tower"]), "Two-tower"
@@ -475,7 +481,7 @@ def render_report(rcfg: dict) -> dict:
         others.append({"label": entry["label"], "rows": rows, "verdicts": _verdicts(tt, rows), "data": tt_res["data"],
                        "selection": selection, "recency": _recency_gain(rows)})
         if entry["two_tower"] == "auto":
-            compared.append((entry["label"], entry["baselines"], pick["params"], pick["label"], on_ds))
+            compared.append((entry["label"], entry["baselines"], pick["params"], pick["label"], pick["extra"]))
 
     protocol_tables = [_protocol_table(get, rcfg, name, *c, on_test=on_test)
                        for c in compared if c[2] and c[1] for name in rcfg["protocols"]]
@@ -522,6 +528,8 @@ def render_report(rcfg: dict) -> dict:
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
         "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled,
         "protocol_tables": protocol_tables, "tuning": _tuning_tables(rcfg["tuning"]),
+        "tuned_baselines": [r["label"] for r in base_rows
+                            if rcfg["tuning"] and Path(r["params"]).parent == Path(rcfg["tuning"])],
         "seeds": rcfg["seeds"],
         "cold": {split: _cold_share(best["splits"][split]) for split in ("val", "test") if split in best["splits"]},
     }
