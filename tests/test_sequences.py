@@ -196,3 +196,29 @@ def test_loss_half_life_needs_target_batches():
     with pytest.raises(ParamsError, match="half_life_days"):
         study.validate(cfg)
 
+
+
+def test_the_multinomial_loss_weighs_each_target(synthetic_data):
+    """User batches with a loss half-life: each target's log-likelihood times its weight,
+    summed per user over the count of its targets (weights of 1: the unweighted loss)."""
+    from lib.movielens.train import MultinomialLoss
+    model = dict(study.DEFAULTS["model"], history="mean", id_embeddings=True)
+    loss_cfg = dict(study.DEFAULTS["loss"], kind="full_softmax", remove_accidental_hits=True)
+    tr = Trainer(synthetic_data, model, loss_cfg, dict(study.DEFAULTS["train"], batching="users"), seed=0)
+    tr.model.eval()
+    inputs, targets = tr.split_user_history(np.random.default_rng(0))
+    users = np.flatnonzero(np.diff(targets.indptr) > 0)[:6]
+    weighted = targets.copy()
+    weighted.data = np.linspace(0.1, 1.0, weighted.nnz).astype(np.float32)
+    loss = MultinomialLoss(tr.model, loss_cfg, torch.device("cpu"))
+    with torch.no_grad():
+        got, plain = float(loss(users, inputs, weighted)), float(loss(users, inputs, targets))
+        logits = tr.model.user_tower(torch.as_tensor(users), history=inputs[users]) @ tr.model.item_tower().T
+        logits = logits / loss_cfg["temperature"]
+        logits = logits.masked_fill(torch.as_tensor(inputs[users].toarray() > 0), float("-inf"))
+        logp = torch.log_softmax(logits, 1).numpy()
+    rows = [weighted[u] for u in users]
+    expected = -np.mean([(r.data * logp[k, r.indices]).sum() / r.nnz for k, r in enumerate(rows)])
+    unweighted = -np.mean([logp[k, targets[u].indices].sum() / targets[u].nnz for k, u in enumerate(users)])
+    assert got == pytest.approx(expected, rel=1e-5) and plain == pytest.approx(unweighted, rel=1e-5)
+    assert abs(got - plain) > 0.1 * abs(plain)  # the weights matter

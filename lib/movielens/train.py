@@ -386,7 +386,8 @@ class MultinomialLoss:
         n = (tgt > 0).sum(1)
         keep = n > 0
         logp = torch.log_softmax(logits[keep], dim=1)
-        return -(torch.where(tgt[keep] > 0, logp, torch.zeros_like(logp)).sum(1) / n[keep]).mean()
+        w = tgt[keep]
+        return -(torch.where(w > 0, w * logp, torch.zeros_like(logp)).sum(1) / n[keep]).mean()
 
 
 # -- early stopping ---------------------------------------------------------------------------------
