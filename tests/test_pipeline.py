@@ -82,6 +82,11 @@ def test_smoke_report_figures(tmp_path):
     assert [(v["metric"], v["best_baseline"], v["wins"]) for v in ref] == [
         (v["metric"], v["best_baseline"], v["wins"]) for v in c["verdicts"]]
     assert [t["dataset"] for t in c["tuning"]] == ["ml-100k", "ml-1m"]
+    # the gap to EASE by what the query tower reads: each group's best variant on validation users with history
+    assert [r["best"] for r in c["gap"]["rows"]][0] == "Reference config (features only, mixed loss)"
+    assert c["gap"]["rows"][0]["diff"] == pytest.approx(c["variants"][0]["warm_ndcg"] - c["rank_sweep"]["ease_warm"])
+    won = sum(v["wins"] for v in c["verdicts_by_protocol"])
+    assert f"the chosen two-tower wins {won} of the 18 (dataset, protocol, metric) cells" in out.read_text()
     text = out.read_text()
     # the markdown shows the companion's figures (the reference's line in the summary)
     assert "- Reference two-tower (features only, mixed loss): NDCG@10 0.2703, Recall@10 0.4310, HitRate@10 0.7082." in text

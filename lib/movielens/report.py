@@ -368,6 +368,35 @@ def _protocol_table(get, rcfg: dict, protocol: str, dataset_label: str, base_ent
             "rows": shown, "verdicts": verdicts, "n_users": tt["n_users"]}
 
 
+GAP_GROUPS = (
+    ("features only, sampled negatives (the reference config)", lambda v: v.get("architecture") is None),
+    ("features + IDs, full softmax", lambda v: v.get("architecture") == "mlp" and v["ids"] and v["history"] == "none"),
+    ("pooled history (+ features and IDs), full softmax", lambda v: v.get("architecture") == "mlp" and v["history"] != "none"),
+    ("ordered history (sequence towers)", lambda v: v.get("architecture") in ("sasrec", "gru4rec")),
+    ("linear history tower, rank <= 2048", lambda v: v.get("architecture") == "linear"),
+)
+
+
+def _gap_to_ease(variants: list[dict], sweep: dict | None) -> dict | None:
+    """What the query tower reads, against EASE^R on validation users with history: the best
+    variant of each group (``GAP_GROUPS``) and its difference to EASE^R there."""
+    if sweep is None:
+        return None
+    rows = []
+    for label, member in GAP_GROUPS:
+        group = [v for v in variants if member(v) and v["warm_ndcg"] is not None]
+        if group:
+            best = max(group, key=lambda v: v["warm_ndcg"])
+            rows.append({"group": label, "best": best["label"].split(":")[0], "warm_ndcg": best["warm_ndcg"],
+                         "diff": best["warm_ndcg"] - sweep["ease_warm"], "ndcg": best["m"]["ndcg@10"]})
+    if not rows:
+        return None
+    closest = max(rows, key=lambda r: r["diff"])
+    steps_ = [(b["group"], b["warm_ndcg"] - a["warm_ndcg"]) for a, b in zip(rows, rows[1:3])]
+    return {"rows": rows, "ease_warm": sweep["ease_warm"], "ease": sweep["ease"], "closest": closest,
+            "largest_step": max(steps_, key=lambda x: x[1]) if steps_ else None}
+
+
 def _fig_rank(sweep: dict):
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     dims = [r["dim"] for r in sweep["rows"]]
@@ -425,6 +454,8 @@ def render_report(rcfg: dict) -> dict:
                          "parameters": res["train"].get("parameters", {}).get("total"),
                          "architecture": res["config"]["model"]["architecture"],
                          "history": res["config"]["model"]["history"],
+                         "ids": res["config"]["model"]["id_embeddings"],
+                         "features": res["config"]["model"]["user_features"],
                          "dim": res["config"]["model"]["embedding_dim"],
                          "warm_ndcg": _with_history(v, "ndcg@10")})
     for v in variants[:1]:
@@ -434,6 +465,7 @@ def render_report(rcfg: dict) -> dict:
                 None)
     rank_sweep = _rank_sweep([v for v in variants  # the sweep's own files (tt_l*), not a tuned linear tower
                               if not (rcfg["tuning"] and Path(v["params"]).parent == Path(rcfg["tuning"]))], ease)
+    gap = _gap_to_ease(variants, rank_sweep)
     sequence_rows = [v for v in variants if v.get("architecture") in ("sasrec", "gru4rec")]
     pooled = [v for v in variants if v.get("history") not in (None, "none") and v["warm_ndcg"] is not None]
     best_pooled = max(pooled, key=lambda v: v["warm_ndcg"]) if pooled else None  # on users with history
@@ -443,6 +475,13 @@ def render_report(rcfg: dict) -> dict:
         chosen = [v for v in variants if v["params"] != rcfg["main_run"]]
         best_params = max(chosen, key=lambda v: v["m"]["ndcg@10"])["params"] if chosen else ""
     best = get(best_params, on_test) if best_params else main
+    if gap is not None and best_params and "test" in ease["splits"]:
+        gap["test"] = {"tt_warm": _with_history(best["splits"]["test"], "ndcg@10"),
+                       "tt_cold": best["splits"]["test"].get("metrics_without_history", {}).get("ndcg@10"),
+                       "ease_warm": _with_history(ease["splits"]["test"], "ndcg@10"),
+                       "ease_cold": ease["splits"]["test"].get("metrics_without_history", {}).get("ndcg@10")}
+        if None in gap["test"].values():
+            del gap["test"]
     main_row = _row("Two-tower (reference config)", main)
     best_row = _row("Two-tower (best, chosen on validation)", best)
     comparison = base_rows + [main_row] + ([best_row] if best_params else [])
@@ -526,7 +565,7 @@ def render_report(rcfg: dict) -> dict:
         "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
         "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
-        "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled,
+        "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled, "gap": gap,
         "protocol_tables": protocol_tables, "tuning": _tuning_tables(rcfg["tuning"]),
         "tuned_baselines": [r["label"] for r in base_rows
                             if rcfg["tuning"] and Path(r["params"]).parent == Path(rcfg["tuning"])],
