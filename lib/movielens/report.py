@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
-from ..core.params import ParamsError, deep_merge, merge_checked  # noqa: E402
+from ..core.params import ParamsError, deep_merge, load_yaml, merge_checked  # noqa: E402
 from ..core.rendering import provenance, prune_figures, render, save_figures  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import baselines, steps  # noqa: E402
@@ -94,7 +94,6 @@ def report_config(raw: dict) -> dict:
 def _seed_override(params: str, seed: int) -> dict | None:
     """The overrides that train ``params`` with ``seed``: {} for its own seed, None for a
     model without randomness (the same at every seed)."""
-    from ..core.params import load_yaml
     raw = load_yaml(ROOT / params)
     kind = (raw.get("model") or {}).get("kind", "two_tower")
     if kind == "two_tower":
@@ -461,8 +460,8 @@ def render_report(rcfg: dict) -> dict:
     for v in variants[:1]:
         v["warm_ndcg"] = _with_history(main["splits"]["val"], "ndcg@10")
     best_variant = max(variants, key=lambda v: v["m"]["ndcg@10"]) if variants else None
-    ease = next((get(e["params"]) for e in rcfg["baselines"] if get(e["params"])["config"]["model"]["kind"] == "ease"),
-                None)
+    ease = next((r for r in map(get, (e["params"] for e in rcfg["baselines"]))
+                 if r["config"]["model"]["kind"] == "ease"), None)
     rank_sweep = _rank_sweep([v for v in variants  # the sweep's own files (tt_l*), not a tuned linear tower
                               if not (rcfg["tuning"] and Path(v["params"]).parent == Path(rcfg["tuning"]))], ease)
     gap = _gap_to_ease(variants, rank_sweep)

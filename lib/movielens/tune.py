@@ -19,7 +19,6 @@ seeding, resumable storage and failure handling are its job.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import subprocess
@@ -99,8 +98,7 @@ def trial_run(model: dict, dataset: str, values: dict, name: str):
     """The run of ``model``'s base file on ``dataset`` with ``values`` (dotted keys), scored on
     validation only, without its ``select_on_validation`` grid; validated (a ``ParamsError``
     names the key)."""
-    params = run_parameters(ROOT / model["params"])
-    params = copy.deepcopy(params)
+    params = run_parameters(ROOT / model["params"])  # a fresh dict: edited below
     params["data"]["dataset"] = dataset
     params["model"].pop("select_on_validation", None)
     params["evaluate"] = dict(params["evaluate"], splits=["val"])
