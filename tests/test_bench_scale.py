@@ -8,6 +8,7 @@ array.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tracemalloc
 
@@ -20,7 +21,8 @@ from lib.movielens import bench_scale as bench
 STEPS = ["load + split (build_prepared)",
          *(f"{kind} {m}" + (" (test, bootstrap CIs)" if kind == "evaluate" else "")
            for m in ("popularity", "recent_popularity", "itemknn", "ials", "ease") for kind in ("fit", "evaluate")),
-         "train two_tower (u11, <= 1 epochs)", "evaluate two_tower (test, bootstrap CIs)"]
+         "train two_tower (tt_l64t_linear_dim64_temperature005, <= 1 epochs)",
+         "evaluate two_tower (test, bootstrap CIs)"]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,11 @@ def test_every_step_is_timed_and_measured(tiny):
     assert r["process_peak_rss_gb"] >= max(row["peak_rss_gb"] for row in r["steps"])
     assert r["total_s"] >= sum(row["seconds"] for row in r["steps"])
     assert r["sizes"] == bench.sizes_for(0.002) and r["grid_search"] is False
+    # one study alone on the machine: torch and FAISS on every CPU, the two-tower included
+    assert r["machine"]["threads"] == os.cpu_count() == r["machine"]["torch_threads"]
+    assert r["two_tower_sections"]["train"]["threads"] == os.cpu_count()
+    assert r["two_tower_params"] == "params/movielens/tt_l64t_linear_dim64_temperature005.yaml"
+    assert r["two_tower_sections"]["model"]["architecture"] == "linear"
     assert r["settings"]["itemknn"] == {"k": 100} and r["settings"]["ials"]["regularization"] == 1.0
     assert r["settings"]["ease"]["l2"] == pytest.approx(0.5 * r["data"]["train"] / r["data"]["n_items"], rel=1e-3)
     tt = r["two_tower"]
@@ -118,10 +125,12 @@ MEM_SIZES = {"n_interactions": 2_000_000, "n_users": 200_000, "n_items": 4_500}
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     """prepare + popularity + ItemKNN + a 1-epoch two-tower + their evaluation, traced, on a log
-    with 200,000 users; the two-tower with batches of 1,024 users instead of 128 (its memory is
-    per batch; 8x fewer steps)."""
+    with 200,000 users; the two-tower is u11 (the MLP towers over IDs + pooled history: more
+    per-user state than the benchmark's linear tower), with batches of 1,024 users instead of
+    128 (its memory is per batch; 8x fewer steps)."""
     return bench.run_benchmark(MEM_SIZES, models=["popularity", "itemknn", "two_tower"], max_epochs=1,
                                keep=tmp_path_factory.mktemp("mem"), trace=True,
+                               two_tower_params="params/movielens/tt_u11_half_life_7d.yaml",
                                two_tower_overrides={"train": {"user_batch_size": 1024}},
                                say=lambda *a, **k: None)
 
@@ -134,7 +143,7 @@ def test_no_step_allocates_a_dense_users_x_items_array(traced):
     bound = dense / 4
     assert [row["step"] for row in r["steps"]] == [
         "load + split (build_prepared)", "fit popularity", "evaluate popularity (test, bootstrap CIs)",
-        "fit itemknn", "evaluate itemknn (test, bootstrap CIs)", "train two_tower (u11, <= 1 epochs)",
+        "fit itemknn", "evaluate itemknn (test, bootstrap CIs)", "train two_tower (tt_u11_half_life_7d, <= 1 epochs)",
         "evaluate two_tower (test, bootstrap CIs)"]
     for row in r["steps"]:
         assert row["traced_peak_mb"] * 1e6 < bound, (row["step"], row["traced_peak_mb"], bound / 1e6)

@@ -1,7 +1,7 @@
 """Benchmark the study at MovieLens-20M size, on a generated log: wall time and peak memory per step.
 
-    python -m lib.movielens.bench_scale [--scale 1.0] [--device cpu|cuda] [--max-epochs 3]
-                                        [--keep DIR] [--json PATH] [--models a,b,...] [--tracemalloc]
+    python -m lib.movielens.bench_scale [--scale 1.0] [--device cpu|cuda] [--max-epochs 10] [--threads N]
+                                        [--two-tower PARAMS] [--keep DIR] [--json PATH] [--models a,b,...] [--tracemalloc]
 
 Data. ``lib.movielens.interactions.write_synthetic_log`` (seed 0) writes a log shaped like
 MovieLens-20M: at ``--scale 1.0`` 20,000,000 interactions, 138,000 users, 27,000 items,
@@ -23,16 +23,26 @@ hyperparameters on validation; this measures the cost of one fit):
 - ItemKNN, k = 100 (cosine, no shrinkage);
 - iALS, 64 factors, regularisation 1.0, alpha 2.0 (the study's), 15 iterations, 1 thread;
 - EASE, l2 = 0.5 x the mean diagonal of X^T X (the mean training count of an item);
-- the best two-tower, ``params/movielens/tt_u11_half_life_7d.yaml`` (IDs + recency
-  history with a 7-day half-life, 64-d, user-batched full softmax, early stopping on
-  validation NDCG@10 with patience 3, at most 40 epochs); its per-epoch validation is part
-  of its time. ``--max-epochs N`` caps the epochs (default 3: one CPU epoch at full size
-  takes minutes); the seconds per epoch and the projected uncapped run are printed,
-  between patience + 1 epochs (the fewest early stopping allows) and 40.
+- the two-tower, ``params/movielens/tt_l64t_linear_dim64_temperature005.yaml`` (``--two-tower``
+  for another params file): the linear history tower, 64-d (mean of the history items'
+  embeddings . item embedding + item bias), user-batched full softmax at temperature 0.05,
+  early stopping on validation NDCG@10 with patience 3, at most 40 epochs; its per-epoch
+  validation is part of its time. Why this one and not the best ML-1M tower (u11, an MLP
+  over IDs + recency history): on this generated log, which has no item features, u11 and
+  the linear tower at temperature 1 stay on a plateau near popularity (at ``--scale 0.1``,
+  validation NDCG@10 0.023 after 4 epochs, ItemKNN 0.161), while this one reaches 0.18 in
+  4 epochs; validation would choose it, and a benchmark of a model that learns nothing
+  would time the wrong thing. ``--max-epochs N`` caps the epochs (default 10; 0: the
+  params' own); the seconds per epoch and, when capped, the projected uncapped run are
+  printed, between patience + 1 epochs (the fewest early stopping allows) and 40.
 
 Memory. A background thread samples ``VmRSS`` of ``/proc/self/status`` every 20 ms, reset
 at each step; a step that raises the process high-water mark (``VmHWM``) gets that exact
 value. The process peak is ``resource.getrusage``'s ``ru_maxrss``. GB here is 10^9 bytes.
+
+Threads. The benchmark is one study alone on the machine, so torch and FAISS use every CPU
+(``--threads``, default ``os.cpu_count()``; a run of ``make report`` uses one thread per
+run because it runs one per core); iALS stays on one thread, as in the study.
 ``--tracemalloc`` also traces Python allocations (numpy's arrays included, torch's not)
 and prints each step's traced peak next to the size of a dense users x items float32
 array (the check that no step allocates one: slower, for small scales).
@@ -71,7 +81,7 @@ FULL = {"n_interactions": 20_000_000, "n_users": 138_000, "n_items": 27_000}
 YEARS = 5.0
 SEED = 0
 GB = 1e9
-TWO_TOWER_PARAMS = "params/movielens/tt_u11_half_life_7d.yaml"
+TWO_TOWER_PARAMS = "params/movielens/tt_l64t_linear_dim64_temperature005.yaml"
 MODELS = ("popularity", "recent_popularity", "itemknn", "ials", "ease", "two_tower")
 SETTINGS = {  # one setting per baseline, no grid search (EASE's l2: see ease_l2)
     "popularity": {},
@@ -211,18 +221,19 @@ class Steps:
         return out
 
 
-def two_tower_sections(max_epochs: int | None) -> dict:
+def two_tower_sections(max_epochs: int | None, params: str = TWO_TOWER_PARAMS) -> dict:
     from ..core.params import load_yaml
-    raw = load_yaml(ROOT / TWO_TOWER_PARAMS)
+    raw = load_yaml(ROOT / params)
     sections = {k: dict(raw.get(k) or {}) for k in ("model", "loss", "train")}
     if max_epochs:
         sections["train"]["max_epochs"] = min(int(max_epochs), sections["train"].get("max_epochs", 50))
     return sections
 
 
-def run_benchmark(sizes: dict, *, models=MODELS, device: str = "cpu", max_epochs: int | None = 3,
-                  keep: str | Path | None = None, trace: bool = False,
-                  two_tower_overrides: dict | None = None, say=print) -> dict:
+def run_benchmark(sizes: dict, *, models=MODELS, device: str = "cpu", max_epochs: int | None = 10,
+                  keep: str | Path | None = None, trace: bool = False, threads: int | None = None,
+                  two_tower_params: str = TWO_TOWER_PARAMS, two_tower_overrides: dict | None = None,
+                  say=print) -> dict:
     """Generate (or reuse) the log, run the study's steps, return every figure (see ``main``)."""
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -233,10 +244,12 @@ def run_benchmark(sizes: dict, *, models=MODELS, device: str = "cpu", max_epochs
         say(f"log: {path} ({path.stat().st_size / 1e6:.0f} MB; "
             + ("reused" if generated["reused"] else f"generated in {generated['seconds']:.1f} s, "
                                                      f"child peak RSS {generated['peak_rss_gb']:.2f} GB") + ")")
-        return _study(path, sizes, models, device, max_epochs, trace, two_tower_overrides or {}, generated, say)
+        return _study(path, sizes, models, device, max_epochs, trace, threads or os.cpu_count() or 1,
+                      two_tower_params, two_tower_overrides or {}, generated, say)
 
 
-def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generated, say) -> dict:
+def _study(path, sizes, models, device, max_epochs, trace, threads, tt_params, tt_overrides, generated,
+           say) -> dict:
     import torch
 
     from ..core.device import pick_device, set_threads
@@ -246,26 +259,28 @@ def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generat
     from .train import Trainer
 
     data_section = {"dataset": "interactions", "path": str(path)}
-    tt = two_tower_sections(max_epochs)
+    tt = two_tower_sections(max_epochs, tt_params)
+    tt["train"]["threads"] = threads
     for section, values in tt_overrides.items():
         tt[section].update(values)
     load0 = os.getloadavg()
     results = {"sizes": sizes, "years": YEARS, "seed": SEED, "device": device, "models": list(models),
                "settings": {m: dict(SETTINGS.get(m, {})) for m in models if m != "two_tower"},
-               "two_tower_params": TWO_TOWER_PARAMS, "two_tower_sections": tt, "generate": generated,
+               "two_tower_params": tt_params, "two_tower_sections": tt, "generate": generated,
                "grid_search": False, "metrics": {},
-               "machine": {"cpus": os.cpu_count(), "loadavg_start": load0}}
+               "machine": {"cpus": os.cpu_count(), "threads": threads, "loadavg_start": load0}}
     if "two_tower" in models:
         results["settings"]["two_tower"] = tt
     say(f"study on {sizes['n_interactions']:,} interactions, {sizes['n_users']:,} users, {sizes['n_items']:,} items "
-        f"(device {device}; one setting per model, no grid search; load average {load0[0]:.2f} on "
+        f"(device {device}, {threads} threads; one setting per model, no grid search; load average {load0[0]:.2f} on "
         f"{os.cpu_count()} CPUs, shared)")
     if trace:
         tracemalloc.start()
     with RSSSampler() as sampler, tempfile.TemporaryDirectory(prefix="bench_scale_prep_") as folder:
         steps = Steps(sampler, trace, say)
         t_start = time.perf_counter()
-        base_cfg = configure(data=data_section, model={"kind": "popularity"}, seed=SEED, device=device).cfg
+        base_cfg = configure(data=data_section, model={"kind": "popularity"}, train={"threads": threads}, seed=SEED,
+                             device=device).cfg
         data = steps.run("load + split (build_prepared)", lambda: build_prepared(base_cfg["data"], SEED, Path(folder)))
         results["data"] = {"n_users": data.n_users, "n_items": data.n_items, "train": len(data.train),
                            "val": len(data.val), "test": len(data.test)}
@@ -287,8 +302,9 @@ def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generat
                     continue
                 hyper["l2"] = round(ease_l2(data.matrix("train")), 3)
                 results["settings"]["ease"] = hyper
-            cfg = configure(data=data_section, model={"kind": name, "params": hyper}, seed=SEED, device=device).cfg
-            set_threads(cfg["train"]["threads"])
+            cfg = configure(data=data_section, model={"kind": name, "params": hyper}, train={"threads": threads},
+                            seed=SEED, device=device).cfg
+            set_threads(cfg["train"]["threads"], cfg["train"]["threads"])
             dev = pick_device(cfg["device"])
             model = steps.run(f"fit {name}", lambda: baselines.BASELINES[name](**hyper).fit(
                 data.matrix("train"), data.train))
@@ -297,7 +313,7 @@ def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generat
 
         if "two_tower" in models:
             cfg = configure(data=data_section, seed=SEED, device=device, **tt).cfg
-            set_threads(cfg["train"]["threads"])
+            set_threads(cfg["train"]["threads"], cfg["train"]["threads"])
             dev = pick_device(cfg["device"])
             marks = []
 
@@ -313,9 +329,12 @@ def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generat
                 return trainer, trainer.fit(on_epoch=on_epoch, progress=False)
 
             t0 = time.perf_counter()
-            trainer, fit = steps.run(f"train two_tower (u11, <= {cfg['train']['max_epochs']} epochs)", train)
+            trainer, fit = steps.run(f"train two_tower ({Path(tt_params).stem}, <= {cfg['train']['max_epochs']} "
+                                     f"epochs)", train)
             per_epoch = np.diff(marks).tolist()
-            results["two_tower"] = _two_tower_figures(cfg, fit, marks[0] - t0, per_epoch, steps.rows[-1]["seconds"])
+            full_max = two_tower_sections(None, tt_params)["train"].get("max_epochs", 50)
+            results["two_tower"] = _two_tower_figures(cfg, fit, marks[0] - t0, per_epoch, steps.rows[-1]["seconds"],
+                                                      full_max)
             model = trainer.model
             del trainer, fit  # as in the study, evaluation holds the model, not the trainer's state
             evaluate("two_tower", model, cfg, dev)
@@ -333,9 +352,8 @@ def _study(path, sizes, models, device, max_epochs, trace, tt_overrides, generat
     return results
 
 
-def _two_tower_figures(cfg, fit, setup_s, per_epoch, step_s) -> dict:
+def _two_tower_figures(cfg, fit, setup_s, per_epoch, step_s, full_max) -> dict:
     t = cfg["train"]
-    full_max = two_tower_sections(None)["train"].get("max_epochs", 50)
     epoch_s = float(np.median(per_epoch)) if per_epoch else float("nan")
     fewest = min(t["patience"] + 1, full_max)
     return {"epochs": len(per_epoch), "max_epochs": t["max_epochs"], "params_max_epochs": full_max,
@@ -425,7 +443,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="1.0: MovieLens-20M size (default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--max-epochs", type=int, default=3, help="cap on the two-tower's epochs; 0: the params' own")
+    ap.add_argument("--max-epochs", type=int, default=10, help="cap on the two-tower's epochs; 0: the params' own")
+    ap.add_argument("--two-tower", default=TWO_TOWER_PARAMS, help="the two-tower's params file (its model, loss "
+                    "and train sections)")
+    ap.add_argument("--threads", type=int, help="torch and FAISS threads (default: every CPU, os.cpu_count())")
     ap.add_argument("--keep", help="folder for the generated log, reused when present with the same size")
     ap.add_argument("--json", help="write every figure as JSON here")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
@@ -434,7 +455,7 @@ def main(argv=None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     sizes = sizes_for(args.scale)
     r = run_benchmark(sizes, models=models, device=args.device, max_epochs=args.max_epochs or None, keep=args.keep,
-                      trace=args.tracemalloc)
+                      trace=args.tracemalloc, threads=args.threads, two_tower_params=args.two_tower)
     r["scale"] = args.scale
     report(r, args.scale)
     if args.json:
