@@ -10,7 +10,7 @@ import pytest
 
 from lib.core import pipeline
 from lib.core.params import ParamsError
-from lib.core.runs import configure, read_report_file
+from lib.core.runs import configure, read_report_file, run_parameters
 from lib.movielens import data as movielens, steps
 from lib.movielens.example import write_example
 
@@ -112,13 +112,32 @@ def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
 
 
 def test_a_log_without_features_still_gets_two_tower_and_baselines(tmp_path):
-    path = _report_file(tmp_path, ["popularity", "two_tower_u0"])
+    path = _report_file(tmp_path, ["popularity", "two_tower_u0", "two_tower_l64t"])
     body = json.loads(path.read_text())
     del body["data"]["user_features"], body["data"]["item_features"]
     path.write_text(json.dumps(body))
     pipeline.render_report("movielens", str(path), run_overrides={"train": {"max_epochs": 2}})
     md = (tmp_path / "out" / "mine.md").read_text()
-    assert "No side features declared" in md and "Two-tower (u0, chosen on validation)" in md
+    ctx = json.loads((tmp_path / "out" / "mine.json").read_text())
+    assert "No side features declared" in md
+    # both tower families are candidates, and validation chooses between them
+    assert [v["label"].split(":")[0] for v in ctx["variants"]] == ["u0", "l64t"]
+    chosen = max(ctx["variants"], key=lambda v: v["m"]["ndcg@10"])
+    assert f"Two-tower ({chosen['label'].split(':')[0]}, chosen on validation)" in md
+
+
+def test_a_dataset_report_runs_every_baseline_and_both_tower_families_by_default(tmp_path):
+    path = _report_file(tmp_path, None)
+    _, rcfg = read_report_file(path)
+    from lib.movielens.report import DATASET_MODELS
+    assert [m["label"] for m in rcfg["models"]] == [label for label, _, _ in DATASET_MODELS.values()]
+    archs = {}
+    for params, overrides in rcfg["derived_runs"]:
+        run = run_parameters(params, overrides)
+        assert run["data"]["path"] == str(tmp_path / "data" / "events.csv")  # every model reads the user's log
+        if run["model"].get("kind", "two_tower") == "two_tower":
+            archs.setdefault(run["model"].get("architecture", "mlp"), set()).add(run["loss"]["temperature"])
+    assert archs == {"mlp": {0.05}, "linear": {0.05}}
 
 
 @pytest.mark.parametrize("change, message", [
