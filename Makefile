@@ -58,7 +58,7 @@ sync-notebooks: setup
 # runs one report file instead (e.g. a report on your own data: README, "Your data").
 ifdef REPORT
 report: setup
-	$(PY) -m lib.run --report $(REPORT) --jobs $(JOBS) $(HTML_FLAG)
+	$(PY) -m lib.run --report $(REPORT) --jobs $(JOBS) $(HTML_FLAG) $(DEVICE_FLAG)
 else
 report: report-movielens report-wikiseq
 endif
@@ -73,7 +73,7 @@ tune: setup
 # report, reports/example.md.
 example: setup
 	$(PY) -m lib.movielens.example data/example
-	$(PY) -m lib.run --report params/example/report.yaml --jobs $(JOBS) $(HTML_FLAG)
+	$(PY) -m lib.run --report params/example/report.yaml --jobs $(JOBS) $(HTML_FLAG) $(DEVICE_FLAG)
 
 # The report states these results. tests/test_reports_fresh.py is left out here: it checks
 # that the committed reports match the params files, i.e. the very report being regenerated.
@@ -83,16 +83,19 @@ build/test-results.xml: setup
 
 # HTML=1 also exports every executed notebook to HTML beside it (build/<study>/runs/<run>/).
 HTML_FLAG := $(if $(HTML),--html,)
+# DEVICE=cuda (or auto: cuda when torch sees a GPU) runs every run of a report there instead of
+# its params' device (cpu); the runs made on another device are other runs (their own folders).
+DEVICE_FLAG := $(if $(DEVICE),--device $(DEVICE),)
 
 report-movielens: setup build/test-results.xml
-	$(PY) -m lib.run --report params/movielens/report.yaml --jobs $(JOBS) $(HTML_FLAG)
+	$(PY) -m lib.run --report params/movielens/report.yaml --jobs $(JOBS) $(HTML_FLAG) $(DEVICE_FLAG)
 
 report-wikiseq: setup
-	$(PY) -m lib.run --report params/wikiseq/report.yaml --jobs $(JOBS) $(HTML_FLAG)
+	$(PY) -m lib.run --report params/wikiseq/report.yaml --jobs $(JOBS) $(HTML_FLAG) $(DEVICE_FLAG)
 
 # The sequence study at quick-profile size, rendered into build/ (never over the committed report).
 report-wikiseq-quick: setup
-	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml $(HTML_FLAG)
+	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml $(HTML_FLAG) $(DEVICE_FLAG)
 
 # The speed targets (lib/movielens/bench.py): the reference epoch with 2 torch threads on the CPU;
 # BENCH_ARGS=--device cuda on a GPU.

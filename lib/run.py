@@ -1,7 +1,7 @@
 """The command line: execute runs and reports.
 
     python -m lib.run params/movielens/two_tower_reference.yaml [more.yaml ...] [--force]
-    python -m lib.run --report params/movielens/report.yaml [--output PATH] [--jobs 2]
+    python -m lib.run --report params/movielens/report.yaml [--output PATH] [--jobs 2] [--device cuda]
     python -m lib.run --check params/*/*.yaml   # validate only (run, report and tune files)
     python -m lib.run --schema movielens        # every params key: type, default, range, allowed values
 
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .core import notebooks, runner, studies
+from .core.device import DEVICES, pick_device
 from .core.params import ParamsError, load_yaml
 from .core.runs import BUILD_ENV, is_report_file, report_runs, run_parameters
 
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="re-run even if up to date")
     ap.add_argument("--jobs", "-j", type=int, default=1, help="runs executed at a time (default 1)")
     ap.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
+    ap.add_argument("--device", choices=DEVICES, help="run every run (and every run of the report) on this "
+                    "device instead of its params' own; auto: cuda when torch sees a GPU, else cpu")
     # the runner's worker processes (--jobs > 1): runs read from stdin, one kernel for all of them
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -95,9 +98,12 @@ def main(argv=None) -> int:
         notebooks.check_notebooks()
         if args.check:
             return check(args.params + ([args.report] if args.report else []))
-        runner.run_many([Path(p) for p in args.params], jobs=args.jobs, force=args.force, html=args.html)
+        device = {"device": pick_device(args.device).type} if args.device else None
+        items = runner.with_overrides([Path(p) for p in args.params], device)
+        runner.run_many(items, jobs=args.jobs, force=args.force, html=args.html)
         if args.report:
-            runner.report(args.report, args.output, force=args.force, jobs=args.jobs, html=args.html)
+            runner.report(args.report, args.output, force=args.force, jobs=args.jobs, html=args.html,
+                          run_overrides=device)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -136,6 +136,48 @@ def test_report_validates_every_run_then_renders_the_report_file_it_was_given(mo
                                               "output": None, "run_overrides": {}})]
 
 
+@pytest.mark.unit
+def test_a_device_for_every_run_reaches_each_run_and_the_report(monkeypatch):
+    """``make report DEVICE=...`` (runner.report with run_overrides): every run carries the
+    device, merged over its own overrides, and notebook 04 gathers the runs made with it."""
+    from lib.core import notebooks
+    from lib.core.runs import run_parameters
+    ran, plain, rendered = [], [], []
+    monkeypatch.setattr(notebooks, "execute", lambda nb, params, out_dir, log=None, html=False:
+                        rendered.append(params["run_overrides"]))
+    report_file = ROOT / "params/movielens/report.yaml"
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: plain.extend(items))
+    runner.report(report_file)
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: ran.extend(items))
+    runner.report(report_file, run_overrides={"device": "auto"})
+    assert len(ran) == len(plain) and rendered == [{}, {"device": "auto"}]
+    for (path, ov), item in zip(ran, plain):
+        own = item[1] if isinstance(item, tuple) else None
+        assert ov == {**(own or {}), "device": "auto"}
+        params, params_plain = run_parameters(path, ov), run_parameters(*runner._split(item))
+        assert params["device"] == "auto" and params["run"] != params_plain["run"]  # another run, its own folder
+        assert {k: v for k, v in params.items() if k not in ("device", "run")} == \
+            {k: v for k, v in params_plain.items() if k not in ("device", "run")}
+
+
+@pytest.mark.unit
+def test_a_device_override_that_restates_the_files_device_is_the_same_run():
+    from lib.core.runs import run_parameters
+    path = ROOT / "params/movielens/baseline_popularity.yaml"
+    assert run_parameters(path, {"device": "cpu"}) == run_parameters(path)
+    assert run_parameters(path, {"device": "cpu", "seed": 1})["run"] == run_parameters(path, {"seed": 1})["run"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_anything_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lib.run", "--report", "params/example/report.yaml", "--device",
+                           "cuda"], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "device: cuda was asked for but torch sees no CUDA GPU" in proc.stderr
+    assert not (tmp_path / "build").exists()
+
+
 @pytest.mark.e2e
 def test_a_kernel_start_prints_no_transport_warning(tmp_path, capfd, monkeypatch):
     """Kernels talk over IPC sockets (lib.core.notebooks): ipykernel's warning about TCP

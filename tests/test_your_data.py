@@ -109,6 +109,11 @@ def test_a_report_on_a_generated_log_from_one_params_file(tmp_path):
     assert md.count("**(chosen)**") == 1 and f"{chosen['label']} **(chosen)**" in md
     for rel in ctx["figs"].values():
         assert (tmp_path / "out" / rel).is_file() and rel in md
+    # the device of each run, in the provenance table
+    prov = ctx["provenance"]
+    assert len(prov["run_devices"]) >= 4 and set(prov["run_devices"]) == set(prov["wall_seconds"])  # + derived runs
+    for run, device in prov["run_devices"].items():
+        assert device == "cpu" and f"| {run} | cpu | {prov['wall_seconds'][run]} |" in md
 
 
 def test_a_log_without_features_still_gets_two_tower_and_baselines(tmp_path):

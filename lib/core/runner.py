@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from . import notebooks
-from .params import load_yaml
+from .params import deep_merge, load_yaml
 from .runs import ROOT, build_root, configure, report_runs, run_parameters
 
 class RunFailed(RuntimeError):
@@ -81,10 +81,18 @@ def _split(item) -> tuple[Path, dict | None]:
     return item if isinstance(item, tuple) else (item, None)
 
 
+def with_overrides(items: list, overrides: dict | None) -> list:
+    """``items`` (params files or ``(file, overrides)`` pairs) with ``overrides`` merged over
+    each one's own (e.g. ``{"device": "cuda"}``: every run of a report on the GPU)."""
+    if not overrides:
+        return list(items)
+    return [(p, deep_merge(ov or {}, overrides)) for p, ov in map(_split, items)]
+
+
 def expected_cost(item) -> int:
     """Rough order of a run's cost, to start the longest first when running in parallel."""
     path, overrides = _split(item)
-    if overrides:
+    if (overrides or {}).get("data"):
         return 0  # other, smaller datasets
     raw = load_yaml(path)
     model, train = raw.get("model") or {}, raw.get("train") or {}
@@ -243,11 +251,17 @@ def _stop(running: dict, grace: float = 10.0) -> None:
 
 
 def report(path: str | Path, output: str | None = None, force: bool = False, jobs: int = 1,
-           html: bool = False) -> None:
-    """Execute every run a report file lists (validated first), then notebook 04."""
+           html: bool = False, run_overrides: dict | None = None) -> None:
+    """Execute every run a report file lists (validated first), then notebook 04.
+    ``run_overrides`` (e.g. ``{"device": "cuda"}``) apply to every run, and the report
+    gathers the runs made with them."""
     path = Path(path)
     study, _, run_items = report_runs(path)
+    run_items = with_overrides(run_items, run_overrides)
+    for item in run_items:
+        run_parameters(*_split(item))  # every run validated with the overrides, before any executes
     notebooks.check_notebooks()
     run_many(run_items, jobs=jobs, force=force, html=html)
-    params = {"study": study, "report_file": str(path.resolve()), "output": output, "run_overrides": {}}
+    params = {"study": study, "report_file": str(path.resolve()), "output": output,
+              "run_overrides": run_overrides or {}}
     notebooks.execute(notebooks.REPORT_NOTEBOOK, params, build_root() / study / "report", html=html)

@@ -146,6 +146,9 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
         where = "its 'study:' key" if "study" in raw else f"the folder it is in ('{path.parent.name}'; or set 'study:')"
         raise ParamsError(f"{path}: unknown study '{study}', from {where}; known: {list(studies.STUDIES)}")
     ov = overrides or {}
+    if "device" in ov and ov["device"] == raw.get("device", "cpu"):
+        # a device override that restates the file's (``make report DEVICE=cpu``) is the same run
+        ov = {k: v for k, v in ov.items() if k != "device"}
     unknown = set(ov) - set(SECTIONS) - {"seed", "device"}
     if unknown:
         raise ParamsError(f"overrides: unknown key(s) {sorted(unknown)}; allowed: {[*SECTIONS, 'seed', 'device']}")

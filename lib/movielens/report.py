@@ -544,6 +544,7 @@ def render_report(rcfg: dict) -> dict:
         for name, digest in res["data"].get("checksums", {}).items():
             checks[f"{res['data']['name']}/{name}"] = digest
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
+    devices = {res["run"]: res["train"].get("device", "cpu") for res in cache.values()}
     started = os.environ.get("TWOTOWER_REPORT_START")
     fresh = len({res["_dir"] for res in cache.values()
                  if started and (Path(res["_dir"]) / "metrics.json").stat().st_mtime >= float(started)})
@@ -572,6 +573,7 @@ def render_report(rcfg: dict) -> dict:
         "cold": {split: _cold_share(best["splits"][split]) for split in ("val", "test") if split in best["splits"]},
     }
     prov = provenance(params_files, checks, wall)
+    prov["run_devices"] = devices
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     context["provenance"] = prov
     md = render("evaluation_report.md.j2", context)
@@ -720,6 +722,7 @@ def render_dataset_report(rcfg: dict) -> dict:
     first = results[0][1]
     checks = {_shown(name): digest for res in cache.values() for name, digest in res["data"].get("checksums", {}).items()}
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
+    devices = {res["run"]: res["train"].get("device", "cpu") for res in cache.values()}
     e = first["config"]["evaluate"]
     protocol = "; ".join([first["data"]["protocol"], QUERY_HISTORY[e["query_history"]]]
                          + (["every model refit on train+val with what validation chose, then tested"] if e["refit"] else []))
@@ -731,6 +734,7 @@ def render_dataset_report(rcfg: dict) -> dict:
                "val_vs_test": _val_vs_test(comparison), "figs": figs, "cmp_metrics": CMP_METRICS,
                "smoke": bool(ov), "ks": [5, 10, 20, 50, 100], "latency": (best or {}).get("latency")}
     prov = provenance([ROOT / m["params"] for m in rcfg["models"]] + [Path(rcfg["report_file"])], checks, wall)
+    prov["run_devices"] = devices
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     context["provenance"] = prov
     md = render("dataset_report.md.j2", context)
