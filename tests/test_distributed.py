@@ -51,3 +51,32 @@ def test_processes_need_interaction_batches_and_an_even_share():
         configure(train={"batch_size": 1001, "processes": 2})
     with pytest.raises(ParamsError, match="the baselines fit in one process"):
         configure(model={"kind": "popularity"}, train={"processes": 2})
+
+
+@pytest.mark.unit
+def test_the_processes_output_is_printed_as_it_comes_and_a_failure_quotes_its_last_lines(tmp_path, monkeypatch):
+    """launch streams torchrun's output: the child below prints a line, then waits for the
+    parent to have printed it (a flag file) before it says whether it was seen in time; it
+    fails without a result, so launch raises with the last lines."""
+    import subprocess
+    import sys
+
+    from lib.movielens import distributed
+    flag = tmp_path / "seen"
+    child = (f"import pathlib, time\nprint('epoch 1: train_loss 1.0', flush=True)\nflag = pathlib.Path({str(flag)!r})\n"
+             "for _ in range(200):\n    if flag.exists(): break\n    time.sleep(0.05)\n"
+             "print('streamed' if flag.exists() else 'buffered', flush=True)\nraise SystemExit(3)\n")
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(distributed.subprocess, "Popen",
+                        lambda cmd, **kw: real_popen([sys.executable, "-c", child], **kw))
+    printed = []
+
+    def fake_print(*args, **kw):
+        printed.append(" ".join(map(str, args)))
+        if "epoch 1" in printed[-1]:
+            flag.touch()
+    monkeypatch.setattr(distributed, "print", fake_print, raising=False)
+    cfg = {"train": {"processes": 2, "threads": 1}}
+    with pytest.raises(RuntimeError, match=r"\(2 processes\) failed with status 3:\nepoch 1: train_loss 1.0\nstreamed$"):
+        distributed.launch(cfg, tmp_path, tmp_path / "model.pt")
+    assert [p.strip() for p in printed] == ["epoch 1: train_loss 1.0", "streamed"]

@@ -29,6 +29,7 @@ on a 2-core CPU each get one core and pay a gradient all-reduce per step.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -46,9 +47,9 @@ from .train import Trainer
 
 def launch(cfg: dict, data_dir: Path, model_path: Path) -> dict:
     """Train ``cfg``'s two-tower in ``cfg['train']['processes']`` processes (torchrun);
-    rank 0 writes the state dict to ``model_path``. Returns the training result (history,
-    epochs, steps, parameters, positives). Raises ``RuntimeError`` with the processes'
-    output when they fail."""
+    rank 0 writes the state dict to ``model_path``. The processes' output is printed as it
+    comes. Returns the training result (history, epochs, steps, parameters, positives).
+    Raises ``RuntimeError`` with the last lines of that output when they fail."""
     with tempfile.TemporaryDirectory(prefix="twotower-ddp-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"cfg": cfg, "data_dir": str(data_dir), "model_path": str(model_path),
@@ -58,10 +59,15 @@ def launch(cfg: dict, data_dir: Path, model_path: Path) -> dict:
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                    OMP_NUM_THREADS=str(cfg["train"]["threads"]))  # per process (torchrun would warn and set 1)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        print(proc.stdout, end="", flush=True)
+        last = collections.deque(maxlen=15)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              bufsize=1) as proc:
+            for line in proc.stdout:  # as the processes print it (rank 0's epoch lines), not at the end
+                print(line, end="", flush=True)
+                if line.strip():
+                    last.append(line.rstrip())
         if proc.returncode != 0 or not result.is_file():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+            tail = "\n".join(last)
             raise RuntimeError(f"data-parallel training ({cfg['train']['processes']} processes) failed with "
                                f"status {proc.returncode}:\n{tail}")
         return json.loads(result.read_text())
