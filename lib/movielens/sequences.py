@@ -144,7 +144,9 @@ class SequenceUserTower(nn.Module):
 
 
 class SharedItemTower(nn.Module):
-    """Item vectors = the item embeddings the sequence encoder reads (code i + 1 is item i)."""
+    """Item vectors = the item embeddings the sequence encoder reads: code 0 is padding,
+    code i + 1 item i, code n_items + 1 the start code (the input of a user without training
+    history: the encoder's learned "first item" output); only items are ever ranked."""
 
     grouped = False
 
