@@ -32,7 +32,8 @@ hyperparameters on validation; this measures the cost of one fit):
   the linear tower at temperature 1 stay on a plateau near popularity (at ``--scale 0.1``,
   validation NDCG@10 0.023 after 4 epochs, ItemKNN 0.161), while this one reaches 0.18 in
   4 epochs; validation would choose it, and a benchmark of a model that learns nothing
-  would time the wrong thing. ``--max-epochs N`` caps the epochs (default 10; 0: the
+  would time the wrong thing (to see it: ``--scale 0.1 --models itemknn,two_tower
+  --two-tower params/movielens/tt_u11_half_life_7d.yaml``, then without ``--two-tower``). ``--max-epochs N`` caps the epochs (default 10; 0: the
   params' own); the seconds per epoch and, when capped, the projected uncapped run are
   printed, between patience + 1 epochs (the fewest early stopping allows) and 40.
 
