@@ -273,3 +273,26 @@ def test_a_worker_that_dies_fails_its_run_with_its_last_words(tmp_path, monkeypa
     assert str(info.value).splitlines()[0] in ("2 run(s) failed: a, b", "2 run(s) failed: b, a")
     assert str(info.value).count("its worker process exited with status 3: MemoryError: out of memory") == 2
     assert "[a] FAILED (" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_a_run_is_named_alike_in_every_clone(tmp_path, monkeypatch):
+    """A params file in a subfolder of the repository is named by its path in the
+    repository, not where the clone lies (a report quotes run names); one outside it by its
+    absolute path; two files of one name in different folders get different names."""
+    import hashlib
+    import shutil
+
+    from lib.core import runs
+    rel = "params/movielens/tuning/ml-1m_ease.yaml"
+    here = runs.run_name(ROOT / rel, "movielens")
+    assert here == "ml-1m_ease-" + hashlib.sha256(rel.encode()).hexdigest()[:6]
+    clone = tmp_path / "elsewhere"
+    (clone / "params/movielens/tuning").mkdir(parents=True)
+    shutil.copy(ROOT / rel, clone / rel)
+    monkeypatch.setattr(runs, "ROOT", clone)
+    assert runs.run_name(clone / rel, "movielens") == here
+    monkeypatch.setattr(runs, "ROOT", ROOT)
+    outside = runs.run_name(clone / rel, "movielens")
+    assert outside != here and outside == "ml-1m_ease-" + hashlib.sha256(str(clone / rel).encode()).hexdigest()[:6]
+    assert runs.run_name(ROOT / "params/movielens/baseline_ease.yaml", "movielens") == "baseline_ease"

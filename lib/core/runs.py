@@ -163,12 +163,15 @@ def run_parameters(path: str | Path, overrides: dict | None = None) -> dict:
 
 def run_name(path: Path, study: str, overrides: dict | None = None) -> str:
     """A run's name, which is its folder: the file's stem for a file in ``params/<study>/``,
-    else the stem and a hash of the file's absolute path (two files of one name in different
-    folders never share a run folder); overrides add a hash of themselves."""
+    else the stem and a hash of the file's path (two files of one name in different folders
+    never share a run folder): relative to the repository for a file in it, so that every
+    clone names its runs alike (and its reports quote the same names), else absolute;
+    overrides add a hash of themselves."""
     path = Path(path).resolve()
     name = path.stem
     if path.parent != (ROOT / "params" / study).resolve():
-        name += "-" + hashlib.sha256(str(path).encode()).hexdigest()[:6]
+        where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        name += "-" + hashlib.sha256(where.as_posix().encode()).hexdigest()[:6]
     return f"{name}-{params_hash(overrides, 6)}" if overrides else name
 
 
