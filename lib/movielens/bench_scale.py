@@ -1,7 +1,8 @@
 """Benchmark the study at MovieLens-20M size, on a generated log: wall time and peak memory per step.
 
     python -m lib.movielens.bench_scale [--scale 1.0] [--device cpu|cuda] [--max-epochs 10] [--threads N]
-                                        [--two-tower PARAMS] [--keep DIR] [--json PATH] [--models a,b,...] [--tracemalloc]
+                                        [--two-tower PARAMS] [--keep DIR] [--json PATH] [--models a,b,...]
+                                        [--tracemalloc]
 
 Data. ``lib.movielens.interactions.write_synthetic_log`` (seed 0) writes a log shaped like
 MovieLens-20M: at ``--scale 1.0`` 20,000,000 interactions, 138,000 users, 27,000 items,
@@ -33,24 +34,27 @@ hyperparameters on validation; this measures the cost of one fit):
   validation NDCG@10 0.023 after 4 epochs, ItemKNN 0.161), while this one reaches 0.18 in
   4 epochs; validation would choose it, and a benchmark of a model that learns nothing
   would time the wrong thing (to see it: ``--scale 0.1 --models itemknn,two_tower
-  --two-tower params/movielens/tt_u11_half_life_7d.yaml``, then without ``--two-tower``). ``--max-epochs N`` caps the epochs (default 10; 0: the
-  params' own); the seconds per epoch and, when capped, the projected uncapped run are
-  printed, between patience + 1 epochs (the fewest early stopping allows) and 40.
+  --two-tower params/movielens/tt_u11_half_life_7d.yaml``, then without ``--two-tower``).
+  ``--max-epochs N`` caps the epochs (default 10; 0: the params' own); the seconds per
+  epoch and, when capped, the projected uncapped run are printed, between patience + 1
+  epochs (the fewest early stopping allows) and 40.
 
 Memory. A background thread samples ``VmRSS`` of ``/proc/self/status`` every 20 ms, reset
 at each step; a step that raises the process high-water mark (``VmHWM``) gets that exact
 value. The process peak is ``resource.getrusage``'s ``ru_maxrss``. GB here is 10^9 bytes.
-
-Threads. The benchmark is one study alone on the machine, so torch and FAISS use every CPU
-(``--threads``, default ``os.cpu_count()``; a run of ``make report`` uses one thread per
-run because it runs one per core); iALS stays on one thread, as in the study.
 ``--tracemalloc`` also traces Python allocations (numpy's arrays included, torch's not)
 and prints each step's traced peak next to the size of a dense users x items float32
 array (the check that no step allocates one: slower, for small scales).
 
+Threads. The benchmark is one study alone on the machine, so torch and FAISS use every CPU
+(``--threads``, default ``os.cpu_count()``; a run of ``make report`` uses one thread per
+run because it runs one per core); iALS stays on one thread, as in the study.
+
 ``evaluate_split`` checks, for embedding models (iALS, two-tower), that FAISS equals exact
 brute force; that check works through the users in batches since 227d71d (before, found
-by this benchmark, it held ~24 GB of dense evaluated users x items arrays at full size).
+by this benchmark, it held ~24 GB of dense evaluated users x items arrays at full size), and
+takes each user's exact top-k scores by partial selection since bd192bc (its full argsort of
+every row took 79 s of an embedding model's ~90 s evaluation at full size).
 
 Targets (issue "scale"), stated for ``--scale 1.0`` and printed PASS/MISS: load + split
 <= 60 s; the whole benchmark (load to the last evaluation) <= 30 min; peak RSS <= 12 GB;
