@@ -253,3 +253,14 @@ def test_the_example_data_is_rewritten_only_when_its_bytes_change(tmp_path):
     write_example(folder, n_users=200, n_items=60, n_interactions=3_500)
     assert sum(1 for _ in open(folder / "events.csv")) == 3_501  # a header and the new rows
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_report_on_another_device_is_no_smoke_render(tmp_path):
+    """run_overrides mark a smoke render (smaller data, fewer epochs), except the device
+    alone (make report DEVICE=...): that report is the real one, computed elsewhere."""
+    path = _report_file(tmp_path, ["popularity"])
+    md = tmp_path / "out" / "mine.md"
+    pipeline.render_report("movielens", str(path), run_overrides={"device": "cpu"})
+    assert "Smoke render" not in md.read_text()
+    pipeline.render_report("movielens", str(path), run_overrides={"device": "cpu", "train": {"max_epochs": 2}})
+    assert "**Smoke render**" in md.read_text()

@@ -128,6 +128,13 @@ def package_versions() -> dict:
     return out
 
 
+def is_smoke_render(run_overrides: dict | None) -> bool:
+    """Whether a report's runs were changed by its caller (smaller data, fewer epochs: a
+    smoke render, said so in the report); the device alone (``make report DEVICE=cuda``)
+    changes where the runs compute, not what they are."""
+    return any(key != "device" for key in run_overrides or {})
+
+
 def provenance(params_files: list[Path], data_checksums: dict[str, str], wall_seconds: dict | None = None) -> dict:
     return {
         "git_commit": git_commit(),

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, load_yaml, merge_checked  # noqa: E402
-from ..core.rendering import provenance, prune_figures, render, save_figures  # noqa: E402
+from ..core.rendering import is_smoke_render, provenance, prune_figures, render, save_figures  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import baselines, steps  # noqa: E402
 
@@ -562,7 +562,7 @@ def render_report(rcfg: dict) -> dict:
         "has_best": bool(best_params), "best_params": best_params, "fix": fix, "baselines": base_rows, "comparison": comparison,
         "variants": variants, "paired": paired, "best_base": best_base, "verdicts": verdicts,
         "main_losses": main_losses, "others": others, "targets": targets, "val_vs_test": val_vs_test, "recency": recency,
-        "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": bool(ov),
+        "tests": _test_summary(ROOT / rcfg["test_results"]), "smoke": is_smoke_render(ov),
         "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
         "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled, "gap": gap,
@@ -732,7 +732,7 @@ def render_dataset_report(rcfg: dict) -> dict:
                "comparison": comparison, "best_base": best_base, "paired": paired, "words": words,
                "verdicts": _verdicts(best_row, comparison) if best_row and baselines else [],
                "val_vs_test": _val_vs_test(comparison), "figs": figs, "cmp_metrics": CMP_METRICS,
-               "smoke": bool(ov), "ks": [5, 10, 20, 50, 100], "latency": (best or {}).get("latency")}
+               "smoke": is_smoke_render(ov), "ks": [5, 10, 20, 50, 100], "latency": (best or {}).get("latency")}
     prov = provenance([ROOT / m["params"] for m in rcfg["models"]] + [Path(rcfg["report_file"])], checks, wall)
     prov["run_devices"] = devices
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, deep_merge, merge_checked
-from ..core.rendering import provenance, prune_figures, render, save_figures
+from ..core.rendering import is_smoke_render, provenance, prune_figures, render, save_figures
 from ..core.runs import ROOT, resolve_path, run_from_file
 from . import analysis, steps
 
@@ -199,7 +199,7 @@ def render_report(report_cfg: dict) -> dict:
     context = {
         "title": rcfg["title"], "cutoff": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
         "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
-        "scaling": scaling, "heur_rec": heur_rec, "smoke": bool(ov), "cutoffs": base["cfg"]["evaluate"]["cutoffs"],
+        "scaling": scaling, "heur_rec": heur_rec, "smoke": is_smoke_render(ov), "cutoffs": base["cfg"]["evaluate"]["cutoffs"],
         "figs": figs, "provenance": prov,
         "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
         "timing": base["timing"], "n_boot": nb, "small_same_order": bool(small_same_order),
