@@ -256,10 +256,11 @@ def report(path: str | Path, output: str | None = None, force: bool = False, job
     ``run_overrides`` (e.g. ``{"device": "cuda"}``) apply to every run, and the report
     gathers the runs made with them."""
     path = Path(path)
-    study, _, run_items = report_runs(path)
-    run_items = with_overrides(run_items, run_overrides)
-    for item in run_items:
-        run_parameters(*_split(item))  # every run validated with the overrides, before any executes
+    study, _, run_items = report_runs(path)  # every run validated
+    if run_overrides:
+        run_items = with_overrides(run_items, run_overrides)
+        for item in run_items:
+            run_parameters(*_split(item))  # and again with the overrides, before any executes
     notebooks.check_notebooks()
     run_many(run_items, jobs=jobs, force=force, html=html)
     params = {"study": study, "report_file": str(path.resolve()), "output": output,
