@@ -95,7 +95,7 @@ report-wikiseq: setup
 
 # The sequence study at quick-profile size, rendered into build/ (never over the committed report).
 report-wikiseq-quick: setup
-	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml $(HTML_FLAG) $(DEVICE_FLAG)
+	$(PY) -m lib.run --report params/wikiseq/report_quick.yaml --jobs $(JOBS) $(HTML_FLAG) $(DEVICE_FLAG)
 
 # The speed targets (lib/movielens/bench.py): the reference epoch with 2 torch threads on the CPU;
 # BENCH_ARGS=--device cuda on a GPU.

@@ -204,6 +204,30 @@ def test_a_kernel_start_prints_no_transport_warning(tmp_path, capfd, monkeypatch
 def test_progress_gives_the_count_and_the_time_left_at_the_pace_so_far():
     assert runner.progress(1, 4, 20.0) == "1/4, about 60 s left" and runner.progress(2, 4, 200.0) == "2/4, about 3 min left"
     assert runner.progress(4, 4, 500.0) == "4/4" and runner.progress(3, 4, 3.0) == "3/4, about 1 s left"
+    # paced on the expected cost finished: one long run of 300 done in 60 s, 100 of cost left
+    assert runner.progress(1, 4, 60.0, cost_done=300.0, cost_total=400.0) == "1/4, about 20 s left"
+    assert runner.progress(1, 4, 60.0, cost_done=0.0, cost_total=400.0) == "1/4, about 3 min left"  # per run
+
+
+@pytest.mark.unit
+def test_runs_in_parallel_start_the_most_expensive_first_by_their_studys_estimate():
+    """The order comes from each study's ``report.expected_cost`` of the resolved params
+    (the core reads no study's keys): MovieLens' mixed-loss interaction batches before user
+    batches before a baseline, ML-100K after ML-1M; the sequence study's full-size runs before
+    its capped ones."""
+    ml = ROOT / "params" / "movielens"
+    ref, u11, pop = ml / "two_tower_reference.yaml", ml / "tt_u11_half_life_7d.yaml", ml / "baseline_popularity.yaml"
+    on_100k = {"data": {"dataset": "ml-100k"}}
+    costs = {name: runner.expected_cost(item) for name, item in
+             [("ref", ref), ("u11", u11), ("pop", pop), ("ref-100k", (ref, on_100k)), ("u11-seed1", (u11, {"seed": 1}))]}
+    assert costs["ref"] > costs["u11"] > costs["pop"] > 0
+    assert costs["ref-100k"] < costs["ref"] and costs["u11-seed1"] == costs["u11"]
+    ws = ROOT / "params" / "wikiseq"
+    full, capped = ws / "all_updates.yaml", (ws / "all_updates.yaml", {"data": {"pair_cap": 160}})
+    assert runner.expected_cost(full) > runner.expected_cost(ws / "v1_updates.yaml") > runner.expected_cost(capped)
+    items = [pop, u11, (ref, on_100k), ref]
+    ranked = runner.longest_first(items, [runner.expected_cost(item) for item in items])
+    assert [item for item, _ in ranked] == [ref, (ref, on_100k), u11, pop]
 
 
 @pytest.mark.e2e

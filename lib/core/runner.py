@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import notebooks
-from .params import deep_merge, load_yaml
+from . import notebooks, studies
+from .params import ParamsError, deep_merge
 from .runs import ROOT, build_root, configure, report_runs, run_parameters
 
 class RunFailed(RuntimeError):
@@ -89,24 +89,36 @@ def with_overrides(items: list, overrides: dict | None) -> list:
     return [(p, deep_merge(ov or {}, overrides)) for p, ov in map(_split, items)]
 
 
-def expected_cost(item) -> int:
-    """Rough order of a run's cost, to start the longest first when running in parallel."""
+def expected_cost(item) -> float:
+    """A run's rough cost relative to the other runs: its study's ``report.expected_cost`` of
+    its resolved params (1 when the study gives none). Runs executed in parallel start the
+    most expensive first, and the time left is estimated from it (``progress``). A params
+    file that does not validate costs 0: it fails when it executes, as that run's failure."""
     path, overrides = _split(item)
-    if (overrides or {}).get("data"):
-        return 0  # other, smaller datasets
-    raw = load_yaml(path)
-    model, train = raw.get("model") or {}, raw.get("train") or {}
-    if model.get("kind", "two_tower") != "two_tower":
-        return 0
-    return 1 if train.get("batching") == "users" else 2
+    try:
+        run = configure(**run_parameters(path, overrides))
+    except ParamsError:
+        return 0.0
+    estimate = getattr(studies.report(run.study), "expected_cost", None)
+    return float(estimate(run.cfg)) if estimate is not None else 1.0
 
 
-def progress(done: int, total: int, elapsed: float) -> str:
-    """``done/total`` and, while runs are left, the time left at the pace so far (runs are
-    started most expensive first, so the estimate errs long)."""
+def longest_first(items: list, costs: list[float]) -> list[tuple]:
+    """``(item, cost)`` pairs, the most expensive first (equal costs keep their order)."""
+    return sorted(zip(items, costs), key=lambda pair: pair[1], reverse=True)
+
+
+def progress(done: int, total: int, elapsed: float, cost_done: float | None = None,
+             cost_total: float | None = None) -> str:
+    """``done/total`` and, while runs are left, the time left: the seconds so far per unit of
+    the expected cost of the runs finished (``cost_done`` of ``cost_total``; without them,
+    per run) times the cost left. Rough: as good as the costs, and runs still executing are
+    counted as not started."""
     if done >= total or done == 0:
         return f"{done}/{total}"
-    left = elapsed / done * (total - done)
+    if cost_done is None or cost_total is None or cost_done <= 0:
+        cost_done, cost_total = done, total
+    left = elapsed / cost_done * max(cost_total - cost_done, 0.0)
     return f"{done}/{total}, about {left / 60:.0f} min left" if left >= 90 else f"{done}/{total}, about {left:.0f} s left"
 
 
@@ -114,15 +126,20 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
     """Run several params files (or ``(file, overrides)`` pairs), ``jobs`` at a time (each
     run's torch uses its own ``train.threads``; the default 1 fits one run per core)."""
     start = time.monotonic()
+    costs = [expected_cost(item) for item in items] if len(items) > 1 else [1.0] * len(items)
+    total_cost, cost_done = sum(costs), 0.0
     if jobs <= 1 or len(items) <= 1:
         with notebooks.KernelSession() as session:
-            for done, item in enumerate(items, 1):
+            for done, (item, cost) in enumerate(zip(items, costs), 1):
                 p, ov = _split(item)
                 run_one(p, force=force, overrides=ov, html=html, session=session)
+                cost_done += cost
                 if len(items) > 1:
-                    print(f"({progress(done, len(items), time.monotonic() - start)})", flush=True)
+                    print(f"({progress(done, len(items), time.monotonic() - start, cost_done, total_cost)})",
+                          flush=True)
         return
-    order = sorted(items, key=expected_cost, reverse=True)
+    ranked = longest_first(items, costs)
+    order, cost_of = [item for item, _ in ranked], {id(item): cost for item, cost in ranked}
     jobs = min(jobs, len(order))
     print(f"running {len(order)} runs, {jobs} at a time; each run's notebook output is in "
           f"{build_root()}/<study>/runs/<run>/run.log", flush=True)
@@ -158,9 +175,11 @@ def run_many(items: list, jobs: int = 1, force: bool = False, html: bool = False
                     workers[proc] = None
                 path, _ = _split(item)
                 done += 1
+                cost_done += cost_of[id(item)]
                 if reply["ok"]:
                     last = reply["lines"][-1] if reply.get("lines") else f"[{Path(path).stem}] done"
-                    print(f"{last} ({progress(done, len(order), time.monotonic() - start)})", flush=True)
+                    eta = progress(done, len(order), time.monotonic() - start, cost_done, total_cost)
+                    print(f"{last} ({eta})", flush=True)
                 else:
                     failed.append((path, reply["error"]))
                     print(f"[{Path(path).stem}] FAILED ({done}/{len(order)}): {reply['error']}", flush=True)
@@ -213,7 +232,6 @@ def worker(html: bool = False) -> int:
     line: path, overrides, force), executed in one kernel session, each answered with one
     JSON line on stdout: ``{"ok": true, "lines": [what the run printed]}`` or ``{"ok":
     false, "error": ...}``. Ends, shutting its kernel down, at the end of stdin."""
-    from .params import ParamsError
     replies = sys.stdout
     sys.stdout = sys.stderr  # anything else printed must not be read as a reply
     with notebooks.KernelSession() as session:

@@ -17,7 +17,9 @@ A study's ``steps`` module provides:
 - ``prepare(run)``, ``train(run)``, ``evaluate(run)``: the cached steps the notebooks call.
 Its ``report`` module provides ``report_config(raw)`` (with ``runs``, the params files to
 execute, and optional ``derived_runs``, ``(file, overrides)`` pairs) and ``render_report(rcfg)``;
-optionally ``dataset_report_config(raw, path)`` for report files with a ``data`` section.
+optionally ``dataset_report_config(raw, path)`` for report files with a ``data`` section,
+and ``expected_cost(cfg)``: a run's rough cost from its resolved params (about seconds on
+one CPU thread), by which runs in parallel start the longest first and the time left is told.
 Its ``views`` module is what the notebooks show of a run, each function taking a ``Run``
 and returning named results for ``lib.core.pipeline.show``: ``data_overview``,
 ``model_overview``, ``training_batch``, ``training_curves``, ``metrics_overview``,

@@ -54,6 +54,29 @@ OPEN = frozenset({"report.targets"})
 CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
 
 
+# Rough training seconds on one CPU thread on ML-1M, by what a run trains (measured here: the
+# reference family 215-575 s, the in-batch variants 28-91 s, user batches 8-44 s, the
+# sequence towers 65-103 s, BPR 34-38 s, EASE 9 s, the other baselines 0-2 s).
+_TWO_TOWER_SECONDS = {"interactions": 60.0, "users": 20.0, "sequences": 80.0}
+_SAMPLED_SECONDS = 300.0   # interaction batches with sampled negatives (explicit, mixed losses)
+_BASELINE_SECONDS = {"bpr": 35.0, "ease": 9.0}
+_RUN_SECONDS = 4.0         # a run's evaluation and notebooks beside its training
+
+
+def expected_cost(cfg: dict) -> float:
+    """A run's rough cost, about seconds on one CPU thread (``lib.core.runner`` starts the
+    longest runs first and estimates the time left from it): what it trains, scaled by the
+    size of its dataset (ML-100K: a tenth of ML-1M; a log of your own counts as ML-1M)."""
+    model, train, loss = cfg["model"], cfg["train"], cfg["loss"]
+    if model["kind"] != "two_tower":
+        seconds = _BASELINE_SECONDS.get(model["kind"], 1.0)
+    elif train["batching"] == "interactions" and loss["kind"] in ("explicit", "mixed"):
+        seconds = _SAMPLED_SECONDS
+    else:
+        seconds = _TWO_TOWER_SECONDS[train["batching"]]
+    return seconds * (0.1 if cfg["data"]["dataset"] == "ml-100k" else 1.0) + _RUN_SECONDS
+
+
 def report_config(raw: dict) -> dict:
     cfg = merge_checked(REPORT_DEFAULTS, raw, "report", open_keys=OPEN)
     for key in ("fix_progression", "baselines", "two_tower_variants"):

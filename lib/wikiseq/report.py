@@ -64,6 +64,27 @@ def report_config(raw: dict) -> dict:
     return cfg
 
 
+# Training pairs when data.n_train is null (every window): about this many on the builtin bank
+# (14,309 at ctx_len 100); a guess for scheduling only, the bank is not read for it.
+EVERY_WINDOW_PAIRS = 15_000
+
+
+def expected_cost(cfg: dict) -> float:
+    """A run's rough cost, about seconds on one CPU thread (``lib.core.runner`` starts the
+    longest runs first and estimates the time left from it): a training micro-batch of 32
+    windows of 100 chunks through the 512-wide GRU costs about a second, the evaluation about
+    half a minute."""
+    d, m, t = cfg["data"], cfg["model"], cfg["train"]
+    pairs = d["n_train"] or EVERY_WINDOW_PAIRS
+    if d["pair_cap"] is not None:
+        pairs = min(pairs, d["pair_cap"])
+    micro = -(-pairs // t["batch_size"]) * t["batch_size"] / 32
+    scale = d["ctx_len"] / 100 * (m["gru_hidden"] / 512) ** 2
+    from .train import epochs_to_run
+    epochs = epochs_to_run(t)
+    return micro * epochs * scale + epochs * 2.0 + 30.0
+
+
 def _ensure(path: str, overrides: dict) -> dict:
     """A run's metrics (evaluated if needed), its ranks under ``_ranks`` and its params file
     under ``_params``."""
