@@ -53,6 +53,27 @@ def test_failed_render_keeps_the_last_good_report(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]  # no temp file left
 
 
+@pytest.mark.unit
+def test_report_wall_counts_the_runs_made_since_make_report_started(tmp_path, monkeypatch):
+    """A report's wall time is the whole report's only when every run was made by it: runs
+    whose metrics.json predates the start are counted apart (a folder named twice, once)."""
+    import os
+    import time
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "metrics.json").write_text("{}")
+    started = time.time() - 60
+    os.utime(old / "metrics.json", (started - 10, started - 10))
+    monkeypatch.setenv(rendering.REPORT_START_ENV, str(started))
+    made = rendering.report_wall([old, new, new])
+    assert (made["n_run_dirs"], made["fresh_runs"], made["started_at"]) == (2, 1, started)
+    assert 60 <= made["report_wall_seconds"] < 70
+    monkeypatch.delenv(rendering.REPORT_START_ENV)
+    assert rendering.report_wall([old, new]) == {"report_wall_seconds": None, "started_at": None,
+                                                 "fresh_runs": 0, "n_run_dirs": 2}
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_smoke_report_figures(tmp_path):

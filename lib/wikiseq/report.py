@@ -13,9 +13,10 @@ import numpy as np
 
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, deep_merge, merge_checked
-from ..core.rendering import is_smoke_render, provenance, prune_figures, render, save_figures
-from ..core.runs import ROOT, resolve_path, run_from_file
+from ..core.rendering import is_smoke_render, provenance, prune_figures, render, report_wall, save_figures
+from ..core.runs import ROOT, build_root, resolve_path, run_from_file
 from . import analysis, steps
+from . import bank as bankmod
 
 ROLES = ("v1_faithful", "v2_faithful", "v1_updates", "v2_updates", "v1_residual", "v2_residual",
          "all_faithful", "all_updates", "all_residual", "v2_hardneg")
@@ -27,6 +28,8 @@ REPORT_DEFAULTS = {
     "report_file": None,
     "bootstrap": 1000,
     "cutoff": 500,            # the headline cut-off (the reference's Recall@500)
+    # seconds: this study's whole make report (from a fresh clone, the bank embedding included)
+    "speed_targets": {"report": 3600.0},
 }
 REPORT_OPEN = frozenset({"report.run_overrides"})
 RUN_KEYS = {"data", "model", "loss", "train", "evaluate", "seed", "device"}
@@ -86,11 +89,12 @@ def expected_cost(cfg: dict) -> float:
 
 
 def _ensure(path: str, overrides: dict) -> dict:
-    """A run's metrics (evaluated if needed), its ranks under ``_ranks`` and its params file
-    under ``_params``."""
+    """A run's metrics (evaluated if needed), its ranks under ``_ranks``, its params file
+    under ``_params`` and its folder under ``_dir``."""
     p = resolve_path(path).resolve()
-    m, ranks = steps.results(run_from_file(p, overrides))
-    return {**m, "_ranks": ranks, "_params": str(p)}
+    run = run_from_file(p, overrides)
+    m, ranks = steps.results(run)
+    return {**m, "_ranks": ranks, "_params": str(p), "_dir": str(run.dir)}
 
 
 def _curve_fig(res: dict, k: int):
@@ -217,12 +221,17 @@ def render_report(report_cfg: dict) -> dict:
     prov = provenance(params_files, checks, wall)
     prov["report_seconds"] = round(time.perf_counter() - t0, 1)
     total_train = sum(m["wall_seconds"]["train"] for m in res.values())
+    speed = {**report_wall(m["_dir"] for m in res.values()), "targets": rcfg["speed_targets"],
+             **bankmod.build_record(bankmod.bank_folder(build_root(), base["data"]["bank_key"]))}
+    # the bank built, its texts embedded, by this invocation: as from a fresh clone
+    speed["bank_embedded_here"] = bool(speed["started_at"] and speed["built_at"] and speed["embed_seconds"]
+                                       and speed["built_at"] >= speed["started_at"])
     context = {
         "title": rcfg["title"], "cutoff": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
         "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
         "scaling": scaling, "heur_rec": heur_rec, "smoke": is_smoke_render(ov), "cutoffs": base["cfg"]["evaluate"]["cutoffs"],
         "figs": figs, "provenance": prov,
-        "total_train_seconds": total_train, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
+        "total_train_seconds": total_train, "speed": speed, "ivf": base["ivf"], "small_bank_size": base["small_bank_size"],
         "timing": base["timing"], "n_boot": nb, "small_same_order": bool(small_same_order),
     }
     md = render("two_tower_v1_v2.md.j2", context)

@@ -17,6 +17,9 @@ from .data import gather
 from .towers import doc_tower, heuristic_query
 
 
+PROGRESS_SECONDS = 60.0  # within an epoch, a progress line at most this often
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -122,7 +125,7 @@ def fit(tower, bank_t: torch.Tensor, index, train_starts: np.ndarray, val_starts
         t0 = time.perf_counter()
         tower.train()
         order = rng.permutation(n)
-        losses = []
+        losses, shown = [], t0
         opt.zero_grad(set_to_none=True)
         for m in range(micro_total):
             idx = order[m * bs:(m + 1) * bs]
@@ -136,6 +139,9 @@ def fit(tower, bank_t: torch.Tensor, index, train_starts: np.ndarray, val_starts
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 updates += 1
+            if time.perf_counter() - shown >= PROGRESS_SECONDS and m < micro_total - 1:
+                shown = time.perf_counter()  # a long epoch (every window: 448 micro-batches) shows its pace
+                log(f"  epoch {epoch}: {m + 1}/{micro_total} micro-batches, {shown - t0:.0f} s")
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "updates": updates, "train_loss": float(np.mean(losses)),
                "seconds": train_seconds}
