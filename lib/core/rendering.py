@@ -142,10 +142,10 @@ REPORT_START_ENV = "TWOTOWER_REPORT_START"
 
 def report_wall(run_dirs) -> dict:
     """How long the ``make report`` rendering this report has been running
-    (``report_wall_seconds``, since ``started_at``; None outside ``make``) and how many of the report's runs (their
-    folders) it trained or evaluated itself (``fresh_runs``: a ``metrics.json`` written since it
-    started, of ``n_run_dirs``): the wall time measures the whole report only when it made
-    every run."""
+    (``report_wall_seconds``, since ``started_at``; None outside ``make``) and how many of the
+    report's runs (their folders) it trained or evaluated itself (``fresh_runs``: a
+    ``metrics.json`` written since it started, of ``n_run_dirs``): the wall time measures the
+    whole report only when it made every run."""
     started = os.environ.get(REPORT_START_ENV)
     dirs = {str(d) for d in run_dirs}
     fresh = {d for d in dirs if started and (Path(d) / "metrics.json").stat().st_mtime >= float(started)}

@@ -77,13 +77,13 @@ def expected_cost(cfg: dict) -> float:
     longest runs first and estimates the time left from it): a training micro-batch of 32
     windows of 100 chunks through the 512-wide GRU costs about a second, the evaluation about
     half a minute."""
+    from .train import epochs_to_run  # torch, imported only when a cost is asked for
     d, m, t = cfg["data"], cfg["model"], cfg["train"]
     pairs = d["n_train"] or EVERY_WINDOW_PAIRS
     if d["pair_cap"] is not None:
         pairs = min(pairs, d["pair_cap"])
     micro = -(-pairs // t["batch_size"]) * t["batch_size"] / 32
     scale = d["ctx_len"] / 100 * (m["gru_hidden"] / 512) ** 2
-    from .train import epochs_to_run
     epochs = epochs_to_run(t)
     return micro * epochs * scale + epochs * 2.0 + 30.0
 
