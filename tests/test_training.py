@@ -5,7 +5,7 @@ import torch
 
 from lib.core import runs as pipeline
 from lib.movielens import evaluate as evaluation, losses, steps as study
-from lib.movielens.train import NegativeSampler, Trainer, build_model
+from lib.movielens.train import InteractionLoss, NegativeSampler, Trainer, build_model
 from lib.movielens.towers import pooled_history
 
 MODEL = dict(study.DEFAULTS["model"], embedding_dim=16, hidden=[32])
@@ -209,6 +209,32 @@ def test_grouped_fast_path_equals_general_loss(synthetic_data, kind, logq, hits)
     tr.model.item_tower.grouped = False  # forces the general path
     general = tr.loss(users, items, neg)
     assert float(fast) == pytest.approx(float(general), rel=1e-5)
+
+
+def test_hard_negatives_are_unseen_top_items_and_the_seen_mask_is_the_same_both_ways(synthetic_data, monkeypatch):
+    """Mined hard negatives come from the current model's top unseen items, never a training
+    item of the user; the users x items mask kept on the device gives the rows the host
+    densifies, and the same training losses to the last bit."""
+    loss = dict(study.DEFAULTS["loss"], kind="mixed", num_negatives=3, num_hard_negatives=2, hard_negative_pool=5)
+    seen = synthetic_data.matrix("train")
+    users = np.concatenate([np.arange(synthetic_data.n_users), [0, 0, 3]])  # repeated users too
+    rows = {}
+    for dense in (True, False):
+        monkeypatch.setattr(InteractionLoss, "dense_seen_mask", dense)
+        tr = Trainer(synthetic_data, MODEL, loss, TRAIN, seed=0)
+        rows[dense] = tr.loss._seen_rows(torch.as_tensor(users))
+        assert (tr.loss.seen_mask is not None) == dense
+        assert rows[dense].numpy().tolist() == (seen[users].toarray() > 0).tolist()
+        scores = torch.randn(len(users), synthetic_data.n_items, generator=torch.Generator().manual_seed(2))
+        top = torch.topk(scores.masked_fill(rows[dense], float("-inf")), 5, dim=1).indices
+        hard = tr.loss.hard_negatives(torch.as_tensor(users), scores.clone())
+        assert hard.shape == (len(users), 2)
+        assert not seen[np.repeat(users, 2), hard.numpy().ravel()].any()
+        assert all(set(h.tolist()) <= set(t.tolist()) for h, t in zip(hard, top))
+        fitted = Trainer(synthetic_data, MODEL, loss, TRAIN, seed=0).fit(progress=False)
+        rows[dense, "losses"] = [r["train_loss"] for r in fitted.history]
+    assert torch.equal(rows[True], rows[False])
+    assert rows[True, "losses"] == rows[False, "losses"]
 
 
 def test_evaluation_never_ranks_training_items(synthetic_data):

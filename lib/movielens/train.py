@@ -280,6 +280,7 @@ class InteractionLoss:
                  device: torch.device, generator: torch.Generator):
         self.model, self.cfg, self.seen, self.log_q, self.device = model, cfg, seen, log_q, device
         self.generator = generator  # hard-negative picks
+        self.seen_mask = None  # the dense training-item mask (``_seen_rows``), once needed
 
     def __call__(self, users, items, negatives: torch.Tensor | None, leave_out_target: bool = True,
                  batch_items: torch.Tensor | None = None, first_row: int = 0) -> torch.Tensor:
@@ -294,8 +295,22 @@ class InteractionLoss:
         return self.general(u_t, i_t, negatives, leave_out_target, batch_i, first_row)
 
     def _seen_rows(self, u_t: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) bool: the batch users' training items (densified on the host)."""
+        """(B, n_items) bool: the batch users' training items. Rows of a users x items mask kept
+        on the device when it is small (``NegativeSampler.DENSE_MAX_CELLS``; ML-1M: 21 MB),
+        built on first use; else densified on the host at each call. Both give the same mask."""
+        n_users, n_items = self.seen.shape
+        if self.seen_mask is None and self.dense_seen_mask and n_users * n_items <= NegativeSampler.DENSE_MAX_CELLS:
+            coo = self.seen.tocoo()
+            keep = coo.data > 0
+            mask = torch.zeros((n_users, n_items), dtype=torch.bool, device=self.device)
+            mask[torch.as_tensor(coo.row[keep], dtype=torch.long, device=self.device),
+                 torch.as_tensor(coo.col[keep], dtype=torch.long, device=self.device)] = True
+            self.seen_mask = mask
+        if self.seen_mask is not None:
+            return self.seen_mask[u_t]
         return torch.as_tensor(self.seen[u_t.cpu().numpy()].toarray() > 0, device=self.device)
+
+    dense_seen_mask = True  # tests turn it off to check that both give the same rows
 
     def general(self, u_t, i_t, negatives, leave_out_target, batch_i, first_row) -> torch.Tensor:
         cfg, tower = self.cfg, self.model.user_tower
@@ -312,7 +327,9 @@ class InteractionLoss:
         if kind in ("explicit", "mixed"):
             neg_ids = torch.as_tensor(negatives, device=self.device)
             if cfg["num_hard_negatives"] > 0:
-                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, user_vec @ all_items.T)], dim=1)
+                with torch.no_grad():
+                    scores = user_vec @ all_items.T
+                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, scores)], dim=1)
             terms["explicit"] = losses.sampled_softmax(user_vec, pos, F.embedding(neg_ids, all_items), temp)
         if kind in ("in_batch", "mixed"):
             terms["in_batch"] = losses.in_batch_softmax(
@@ -341,7 +358,8 @@ class InteractionLoss:
         if cfg["kind"] in ("explicit", "mixed"):
             neg_ids = torch.as_tensor(negatives, device=self.device)
             if cfg["num_hard_negatives"] > 0:
-                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, scores[rows][:, group])], dim=1)
+                # (distinct rows x items) first, then one row per user: the same entries, fewer gathered
+                neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, scores.detach()[:, group][rows])], dim=1)
             terms["explicit"] = losses.sampled_softmax_logits(scores[rows, group[i_t]],
                                                               scores[rows[:, None], group[neg_ids]])
         if cfg["kind"] in ("in_batch", "mixed"):
@@ -355,9 +373,10 @@ class InteractionLoss:
 
     def hard_negatives(self, u_t: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Items the current model ranks highest that the user never saw in training:
-        ``num_hard_negatives`` picked at random from the top ``hard_negative_pool``."""
+        ``num_hard_negatives`` picked at random from the top ``hard_negative_pool``.
+        ``scores`` (B, n_items), outside the graph, is overwritten (the seen items masked)."""
         with torch.no_grad():
-            scores = scores.detach().masked_fill(self._seen_rows(u_t), float("-inf"))
+            scores = scores.masked_fill_(self._seen_rows(u_t), float("-inf"))
             pool = torch.topk(scores, self.cfg["hard_negative_pool"], dim=1).indices
             pick = torch.randint(0, pool.shape[1], (len(u_t), self.cfg["num_hard_negatives"]),
                                  generator=self.generator, device="cpu").to(scores.device)
