@@ -128,10 +128,10 @@ def test_report_validates_every_run_then_renders_the_report_file_it_was_given(mo
                         rendered.append((nb, params)))
     report_file = ROOT / "params/movielens/report.yaml"
     runner.report(report_file)
-    # 44 run files, 2 tuned two-towers on each dataset, the 28 ML-1M two-tower variants again on ML-100K,
+    # 47 run files, 2 tuned two-towers on each dataset, the 31 ML-1M two-tower variants again on ML-100K,
     # and per dataset the baselines under
     # the other protocols and seeds: 3 seeded x (3 x 3 - 1) + 4 deterministic x (3 - 1) = 32
-    assert len(ran) == 44 + 2 + 2 + 28 + 2 * 32
+    assert len(ran) == 47 + 2 + 2 + 31 + 2 * 32
     assert rendered == [("04_compare.ipynb", {"study": "movielens", "report_file": str(report_file.resolve()),
                                               "output": None, "run_overrides": {}})]
 
@@ -221,6 +221,8 @@ def test_runs_in_parallel_start_the_most_expensive_first_by_their_studys_estimat
     costs = {name: runner.expected_cost(item) for name, item in
              [("ref", ref), ("u11", u11), ("pop", pop), ("ref-100k", (ref, on_100k)), ("u11-seed1", (u11, {"seed": 1}))]}
     assert costs["ref"] > costs["u11"] > costs["pop"] > 0
+    # u11's towers on interaction batches (the loss sweep) cost more than on user batches, and than the reference
+    assert runner.expected_cost(ml / "tt_f2_interactions_inbatch_logq.yaml") > costs["ref"]
     assert costs["ref-100k"] < costs["ref"] and costs["u11-seed1"] == costs["u11"]
     ws = ROOT / "params" / "wikiseq"
     full, capped = ws / "all_updates.yaml", (ws / "all_updates.yaml", {"data": {"pair_cap": 160}})

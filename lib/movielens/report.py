@@ -28,6 +28,9 @@ REPORT_DEFAULTS = {
     "fix_progression": [],          # [{label, params}]
     "baselines": [],                # [{label, params}]
     "two_tower_variants": [],       # [{label, params}] ablations, chosen on validation
+    # params files of two_tower_variants with the same towers (model section) and different
+    # losses: the loss's part of the gap, with the query tower fixed
+    "loss_sweep": [],
     "best_two_tower": "",           # params file, or "auto": the variant with the best validation NDCG@10
     "other_datasets": [],           # [{label, dataset, two_tower, baselines: [{label, params}]}]
     "targets": {},                  # metric -> {min, good}
@@ -58,6 +61,7 @@ CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
 # sequence towers 65-103 s, BPR 34-38 s, EASE 9 s, the other baselines 0-2 s).
 _TWO_TOWER_SECONDS = {"interactions": 60.0, "users": 20.0, "sequences": 80.0}
 _SAMPLED_SECONDS = 300.0   # interaction batches with sampled negatives (explicit, mixed losses)
+_ID_TOWER_INTERACTION_SECONDS = 500.0  # interaction batches through ID or history towers (the loss sweep: 400-900 s)
 _BASELINE_SECONDS = {"bpr": 35.0, "ease": 9.0}
 _RUN_SECONDS = 4.0         # a run's evaluation and notebooks beside its training
 
@@ -69,6 +73,8 @@ def expected_cost(cfg: dict) -> float:
     model, train, loss = cfg["model"], cfg["train"], cfg["loss"]
     if model["kind"] != "two_tower":
         seconds = _BASELINE_SECONDS.get(model["kind"], 1.0)
+    elif train["batching"] == "interactions" and (model["id_embeddings"] or model["history"] != "none"):
+        seconds = _ID_TOWER_INTERACTION_SECONDS
     elif train["batching"] == "interactions" and loss["kind"] in ("explicit", "mixed"):
         seconds = _SAMPLED_SECONDS
     else:
@@ -82,6 +88,12 @@ def report_config(raw: dict) -> dict:
         for entry in cfg[key]:
             if not isinstance(entry, dict) or set(entry) != {"label", "params"}:
                 raise ParamsError(f"report.{key}: each entry needs exactly 'label' and 'params', got {entry!r}")
+    variant_files = [e["params"] for e in cfg["two_tower_variants"]]
+    for path in cfg["loss_sweep"]:
+        if path not in variant_files:
+            raise ParamsError(f"report.loss_sweep: {path!r} is not one of report.two_tower_variants' params files")
+    if len(set(cfg["loss_sweep"])) != len(cfg["loss_sweep"]) or len(cfg["loss_sweep"]) == 1:
+        raise ParamsError(f"report.loss_sweep: at least two distinct params files, got {cfg['loss_sweep']!r}")
     for entry in cfg["other_datasets"]:
         if not {"label", "dataset", "two_tower", "baselines"} <= set(entry) <= \
                 {"label", "dataset", "two_tower", "baselines", "two_tower_candidates"}:
@@ -391,8 +403,10 @@ def _protocol_table(get, rcfg: dict, protocol: str, dataset_label: str, base_ent
 
 GAP_GROUPS = (
     ("features only, sampled negatives (the reference config)", lambda v: v.get("architecture") is None),
-    ("features + IDs, full softmax", lambda v: v.get("architecture") == "mlp" and v["ids"] and v["history"] == "none"),
-    ("pooled history (+ features and IDs), full softmax", lambda v: v.get("architecture") == "mlp" and v["history"] != "none"),
+    ("features + IDs, full softmax", lambda v: v.get("architecture") == "mlp" and v["ids"] and v["history"] == "none"
+     and v["loss"] == "full_softmax"),
+    ("pooled history (+ features and IDs), full softmax", lambda v: v.get("architecture") == "mlp"
+     and v["history"] != "none" and v["loss"] == "full_softmax"),
     ("ordered history (sequence towers)", lambda v: v.get("architecture") in ("sasrec", "gru4rec")),
     ("linear history tower, rank <= 2048", lambda v: v.get("architecture") == "linear"),
 )
@@ -416,6 +430,87 @@ def _gap_to_ease(variants: list[dict], sweep: dict | None) -> dict | None:
     steps_ = [(b["group"], b["warm_ndcg"] - a["warm_ndcg"]) for a, b in zip(rows, rows[1:3])]
     return {"rows": rows, "ease_warm": sweep["ease_warm"], "ease": sweep["ease"], "closest": closest,
             "largest_step": max(steps_, key=lambda x: x[1]) if steps_ else None}
+
+
+def loss_description(cfg: dict) -> str:
+    """What a two-tower run's loss is, in words, from its resolved params."""
+    lo, tr = cfg["loss"], cfg["train"]
+    if tr["batching"] == "users":
+        text = (f"multinomial over the catalog, user batches (each epoch {tr['target_fraction']:.0%} of every "
+                f"history held out as targets)")
+    elif tr["batching"] == "sequences":
+        text = "next-item softmax over the catalog at every position of the ordered history"
+    elif lo["kind"] == "full_softmax":
+        text = "softmax over the catalog, one training interaction per row"
+    elif lo["kind"] == "in_batch":
+        text = "in-batch softmax (the batch's other positives)"
+        extras = [x for x, on in (("logQ correction", lo["logq_correction"]),
+                                  ("accidental hits removed", lo["remove_accidental_hits"])) if on]
+        text += (", " + " and ".join(extras)) if extras else ""
+    elif lo["kind"] == "explicit":
+        text = f"{lo['num_negatives']} uniform sampled negatives per row"
+    else:
+        w = lo["explicit_weight"]
+        text = f"{w:g} x {lo['num_negatives']} uniform sampled negatives + {1 - w:g} x in-batch softmax"
+    if lo["num_hard_negatives"]:
+        text += f", plus {lo['num_hard_negatives']} mined hard negatives"
+    if tr["batching"] == "interactions":
+        text += f"; batches of {tr['batch_size']} interactions"
+    return text
+
+
+def _loss_sweep(get, paths: list[str], variants: list[dict], ease_warm: float | None) -> dict | None:
+    """The loss's part of the gap: the variants of ``paths`` (the same towers, other losses) on
+    validation, each against EASE^R on the users with history. Raises if their towers differ."""
+    if not paths:
+        return None
+    results = [get(p) for p in paths]
+    first = results[0]["config"]["model"]
+    for path, res in zip(paths, results):
+        differ = sorted(k for k in set(first) | set(res["config"]["model"]) if first.get(k) != res["config"]["model"].get(k))
+        if differ:
+            raise ParamsError(f"report.loss_sweep: {path} has other towers than {paths[0]} (model.{differ[0]}: "
+                              f"{res['config']['model'].get(differ[0])!r} vs {first.get(differ[0])!r}); the sweep "
+                              f"varies the loss only")
+    by_path = {v["params"]: v for v in variants}
+    rows = [{**by_path[p], "loss_text": loss_description(res["config"]),
+             "vs_ease": None if ease_warm is None or by_path[p]["warm_ndcg"] is None else by_path[p]["warm_ndcg"] - ease_warm}
+            for p, res in zip(paths, results)]
+    scored = [r for r in rows if r["warm_ndcg"] is not None]
+    if not scored:
+        return None
+    best, worst = max(scored, key=lambda r: r["warm_ndcg"]), min(scored, key=lambda r: r["warm_ndcg"])
+    return {"rows": rows, "best": best, "worst": worst, "spread": best["warm_ndcg"] - worst["warm_ndcg"],
+            "towers": rows[0]["label"].split(":")[0], "ease_warm": ease_warm}
+
+
+def _decomposition(gap: dict | None, loss_sweep: dict | None, rank_sweep: dict | None,
+                   chosen: dict | None) -> dict | None:
+    """The gap to EASE^R on users with history, by part, each a measured move of NDCG@10
+    there: what the query tower reads (the largest step between kinds of tower), the loss
+    with the towers fixed (best - worst of the sweep), rank (the linear tower from its
+    smallest to its largest dimension), and time (the chosen two-tower's difference to
+    EASE^R on test minus that on validation). ``largest``: the part that moves it most."""
+    parts = []
+    if gap and gap["largest_step"]:
+        parts.append({"part": "what the query tower reads", "moves": gap["largest_step"][1],
+                      "detail": f"the step to {gap['largest_step'][0]}"})
+    if loss_sweep:
+        parts.append({"part": "the loss, with the towers fixed", "moves": loss_sweep["spread"],
+                      "detail": f"{loss_sweep['worst']['label'].split(':')[0]} to {loss_sweep['best']['label'].split(':')[0]}"})
+    if rank_sweep:
+        parts.append({"part": "rank", "moves": rank_sweep["gain_warm"],
+                      "detail": f"the linear tower from {rank_sweep['rows'][0]['dim']} to {rank_sweep['rows'][-1]['dim']} "
+                                f"dimensions"})
+    if gap and "test" in gap and chosen is not None and chosen.get("warm_ndcg") is not None:
+        val_diff = chosen["warm_ndcg"] - gap["ease_warm"]
+        test_diff = gap["test"]["tt_warm"] - gap["test"]["ease_warm"]
+        parts.append({"part": "time", "moves": test_diff - val_diff,
+                      "detail": f"the chosen two-tower against EASE^R, {val_diff:+.4f} on validation and "
+                                f"{test_diff:+.4f} on test"})
+    if not parts:
+        return None
+    return {"parts": parts, "largest": max(parts, key=lambda x: abs(x["moves"]))}
 
 
 def _fig_rank(sweep: dict):
@@ -478,6 +573,7 @@ def render_report(rcfg: dict) -> dict:
                          "ids": res["config"]["model"]["id_embeddings"],
                          "features": res["config"]["model"]["user_features"],
                          "dim": res["config"]["model"]["embedding_dim"],
+                         "loss": res["config"]["loss"]["kind"], "batching": res["config"]["train"]["batching"],
                          "warm_ndcg": _with_history(v, "ndcg@10")})
     for v in variants[:1]:
         v["warm_ndcg"] = _with_history(main["splits"]["val"], "ndcg@10")
@@ -487,6 +583,7 @@ def render_report(rcfg: dict) -> dict:
     rank_sweep = _rank_sweep([v for v in variants  # the sweep's own files (tt_l*), not a tuned linear tower
                               if not (rcfg["tuning"] and Path(v["params"]).parent == Path(rcfg["tuning"]))], ease)
     gap = _gap_to_ease(variants, rank_sweep)
+    loss_sweep = _loss_sweep(get, rcfg["loss_sweep"], variants, rank_sweep["ease_warm"] if rank_sweep else None)
     sequence_rows = [v for v in variants if v.get("architecture") in ("sasrec", "gru4rec")]
     pooled = [v for v in variants if v.get("history") not in (None, "none") and v["warm_ndcg"] is not None]
     best_pooled = max(pooled, key=lambda v: v["warm_ndcg"]) if pooled else None  # on users with history
@@ -503,6 +600,8 @@ def render_report(rcfg: dict) -> dict:
                        "ease_cold": ease["splits"]["test"].get("metrics_without_history", {}).get("ndcg@10")}
         if None in gap["test"].values():
             del gap["test"]
+    decomposition = _decomposition(gap, loss_sweep, rank_sweep,
+                                   next((v for v in variants if v["params"] == best_params), None))
     main_row = _row("Two-tower (reference config)", main)
     best_row = _row("Two-tower (best, chosen on validation)", best)
     comparison = base_rows + [main_row] + ([best_row] if best_params else [])
@@ -586,6 +685,7 @@ def render_report(rcfg: dict) -> dict:
         "figs": figs, "cmp_metrics": CMP_METRICS,
         "ks": [5, 10, 20, 50, 100], "speed": speed, "best_variant": best_variant,
         "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled, "gap": gap,
+        "loss_sweep": loss_sweep, "decomposition": decomposition,
         "protocol_tables": protocol_tables, "tuning": _tuning_tables(rcfg["tuning"]),
         "tuned_baselines": [r["label"] for r in base_rows
                             if rcfg["tuning"] and Path(r["params"]).parent == Path(rcfg["tuning"])],
