@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--html", action="store_true", help="also export each executed notebook to HTML")
     ap.add_argument("--device", choices=DEVICES, help="run every run (and every run of the report) on this "
                     "device instead of its params' own; auto: cuda when torch sees a GPU, else cpu")
+    ap.add_argument("--alongside", metavar="COMMAND", help="with --report: a shell command run while the runs "
+                    "execute (the tests a report states); the report renders only once it succeeded")
     # the runner's worker processes (--jobs > 1): runs read from stdin, one kernel for all of them
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
         runner.run_many(items, jobs=args.jobs, force=args.force, html=args.html)
         if args.report:
             runner.report(args.report, args.output, force=args.force, jobs=args.jobs, html=args.html,
-                          run_overrides=device)
+                          run_overrides=device, alongside=args.alongside)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

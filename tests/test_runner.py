@@ -210,6 +210,36 @@ def test_progress_gives_the_count_and_the_time_left_at_the_pace_so_far():
 
 
 @pytest.mark.unit
+def test_a_command_run_alongside_the_runs_gates_the_render_and_stops_with_them(tmp_path, monkeypatch):
+    """report(alongside=...): the command runs while the runs execute; the report renders
+    only after it succeeded; a failed command is named with its log and nothing renders; if
+    the runs fail, the command is stopped (its whole process group) and nothing renders."""
+    from lib.core import notebooks
+    rendered, started = [], []
+    monkeypatch.setattr(notebooks, "execute", lambda nb, params, out_dir, log=None, html=False: rendered.append(nb))
+    real_start = runner.start_alongside
+    monkeypatch.setattr(runner, "start_alongside", lambda cmd, log: started.append(real_start(cmd, log)) or started[-1])
+    report_file = ROOT / "params/movielens/report.yaml"
+    flag = tmp_path / "ran"
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: None)
+    runner.report(report_file, alongside=f"sleep 0.5 && touch {flag}")
+    assert flag.is_file() and rendered == ["04_compare.ipynb"] and started[-1].returncode == 0
+    rendered.clear()
+    with pytest.raises(runner.RunFailed, match=r"the command run alongside the runs failed \(exit status 3\) after "
+                                                r"\d+ s: echo broken; exit 3; its output is in .*alongside.log"):
+        runner.report(report_file, alongside="echo broken; exit 3")
+    assert rendered == [] and started[-1].log.read_text() == "broken\n"
+
+    def failing_runs(items, **kw):
+        raise runner.RunFailed("1 run(s) failed: x")
+    monkeypatch.setattr(runner, "run_many", failing_runs)
+    t0 = time.monotonic()
+    with pytest.raises(runner.RunFailed, match="1 run.s. failed"):
+        runner.report(report_file, alongside="sleep 60 & sleep 60; wait")
+    assert started[-1].returncode == -signal.SIGTERM and time.monotonic() - t0 < 15 and rendered == []
+
+
+@pytest.mark.unit
 def test_runs_in_parallel_start_the_most_expensive_first_by_their_studys_estimate():
     """The order comes from each study's ``report.expected_cost`` of the resolved params
     (the core reads no study's keys): MovieLens' mixed-loss interaction batches before user

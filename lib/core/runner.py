@@ -268,11 +268,53 @@ def _stop(running: dict, grace: float = 10.0) -> None:
     print(f"interrupted: stopped {len(running)} worker(s); completed runs stay cached", flush=True)
 
 
+def start_alongside(command: str, log: Path) -> subprocess.Popen:
+    """A shell command run while the runs execute (``report(alongside=...)``: the tests a
+    report states use the core a pytest process leaves idle), in its own process group, its
+    output in ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running alongside the runs: {command} (output: {log})", flush=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, shell=True, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(),
+                                start_new_session=True)
+    proc.command, proc.log, proc.started = command, log, time.monotonic()
+    return proc
+
+
+def finish_alongside(proc: subprocess.Popen) -> None:
+    """Wait for the command run alongside; raises ``RunFailed`` (naming it and its log) if it failed."""
+    if proc.poll() is None:
+        print(f"waiting for the command run alongside the runs: {proc.command}", flush=True)
+    status = proc.wait()
+    seconds = time.monotonic() - proc.started
+    if status != 0:
+        raise RunFailed(f"the command run alongside the runs failed (exit status {status}) after {seconds:.0f} s: "
+                        f"{proc.command}; its output is in {proc.log}; nothing was rendered")
+    print(f"the command run alongside the runs finished in {seconds:.0f} s", flush=True)
+
+
+def stop_alongside(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop the command run alongside (its whole process group): SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    print(f"stopped the command run alongside the runs: {proc.command}", flush=True)
+
+
 def report(path: str | Path, output: str | None = None, force: bool = False, jobs: int = 1,
-           html: bool = False, run_overrides: dict | None = None) -> None:
+           html: bool = False, run_overrides: dict | None = None, alongside: str | None = None) -> None:
     """Execute every run a report file lists (validated first), then notebook 04.
     ``run_overrides`` (e.g. ``{"device": "cuda"}``) apply to every run, and the report
-    gathers the runs made with them."""
+    gathers the runs made with them. ``alongside``: a shell command started with the runs
+    (``make report-movielens``: the tests the report states); the report renders only once
+    it succeeded, and it is stopped with the runs if they fail or are interrupted."""
     path = Path(path)
     study, _, run_items = report_runs(path)  # every run validated
     if run_overrides:
@@ -280,7 +322,15 @@ def report(path: str | Path, output: str | None = None, force: bool = False, job
         for item in run_items:
             run_parameters(*_split(item))  # and again with the overrides, before any executes
     notebooks.check_notebooks()
-    run_many(run_items, jobs=jobs, force=force, html=html)
+    companion = start_alongside(alongside, build_root() / study / "report" / "alongside.log") if alongside else None
+    try:
+        run_many(run_items, jobs=jobs, force=force, html=html)
+    except BaseException:
+        if companion is not None:
+            stop_alongside(companion)
+        raise
+    if companion is not None:
+        finish_alongside(companion)
     params = {"study": study, "report_file": str(path.resolve()), "output": output,
               "run_overrides": run_overrides or {}}
     notebooks.execute(notebooks.REPORT_NOTEBOOK, params, build_root() / study / "report", html=html)
