@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
+    if args.alongside and not args.report:
+        ap.error("--alongside needs --report (the command runs while the report's runs execute)")
     if args.schema:
         try:
             print(json.dumps(studies.steps(args.schema).SCHEMA.model_json_schema(), indent=1))

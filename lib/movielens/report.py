@@ -61,7 +61,7 @@ CMP_METRICS = ("recall@10", "ndcg@10", "hit_rate@10")
 # sequence towers 65-103 s, BPR 34-38 s, EASE 9 s, the other baselines 0-2 s).
 _TWO_TOWER_SECONDS = {"interactions": 60.0, "users": 20.0, "sequences": 80.0}
 _SAMPLED_SECONDS = 300.0   # interaction batches with sampled negatives (explicit, mixed losses)
-_ID_TOWER_INTERACTION_SECONDS = 500.0  # interaction batches through ID or history towers (the loss sweep: 400-900 s)
+_ID_TOWER_INTERACTION_SECONDS = 500.0  # interaction batches through ID or history towers (the loss sweep: 310-490 s)
 _BASELINE_SECONDS = {"bpr": 35.0, "ease": 9.0}
 _RUN_SECONDS = 4.0         # a run's evaluation and notebooks beside its training
 
