@@ -226,10 +226,9 @@ def render_report(report_cfg: dict) -> dict:
     # the bank made by this invocation as from a fresh clone: built, and its texts embedded when
     # its source has texts (a user's .npz bank and generated vectors have none to embed)
     has_texts = base["cfg"]["data"]["source"] in ("builtin", "textdir")
-    speed["bank_embedded_here"] = bool(speed["started_at"] and speed["built_at"] and speed["embed_seconds"]
-                                       and speed["built_at"] >= speed["started_at"])
-    speed["bank_made_here"] = speed["bank_embedded_here"] or bool(
-        not has_texts and speed["started_at"] and speed["built_at"] and speed["built_at"] >= speed["started_at"])
+    built_here = bool(speed["started_at"] and speed["built_at"] and speed["built_at"] >= speed["started_at"])
+    speed["bank_embedded_here"] = built_here and bool(speed["embed_seconds"])
+    speed["bank_made_here"] = speed["bank_embedded_here"] or (built_here and not has_texts)
     context = {
         "title": rcfg["title"], "cutoff": k, "runs": res, "roles": ROLES, "H": base["heuristics"],
         "data": base["data"], "cmp": cmp, "verdict": v, "best_role": best_role, "losers": losers,
