@@ -1,6 +1,7 @@
 """make tune: one budget of Optuna trials per model on validation, resumable, and tuned
 params files that reproduce their best trial."""
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -48,7 +49,33 @@ def test_tuning_writes_the_best_trial_and_resumes(tmp_path, capsys):
     assert tune.main([f, "--trials", "4"]) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if "trial " in line][0].startswith(
         "[synthetic ease] trial 4/4")
-    assert json.loads((tmp_path / "tuned" / "synthetic.json").read_text())["models"]["ease"]["trials"] == 4
+    table = json.loads((tmp_path / "tuned" / "synthetic.json").read_text())
+    assert table["models"]["ease"]["trials"] == 4
+    # each row names the code its trials ran (this checkout's commit), and the table's cost is its rows' sum
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=runs.ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    assert table["models"]["ease"]["commits"] == table["commits"] == [commit]
+    assert table["seconds"] == sum(m["seconds"] for m in table["models"].values())
+
+
+def test_tuning_some_models_keeps_the_other_rows(tmp_path):
+    f = _tune_file(tmp_path, trials=2)
+    spec = yaml.safe_load(open(f))
+    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    table_file = tmp_path / "tuned" / "synthetic.json"
+    assert tune.main([f, "--models", "ease"]) == 0
+    first = json.loads(table_file.read_text())
+    # a row written before rows carried commits (an older table) keeps the table's old commit
+    first["commit"] = "0ld0ld0"
+    del first["commits"], first["models"]["ease"]["commits"]
+    table_file.write_text(json.dumps(first))
+    assert tune.main([f, "--models", "ease_again"]) == 0
+    table = json.loads(table_file.read_text())
+    assert set(table["models"]) == {"ease", "ease_again"}
+    assert table["models"]["ease"]["commits"] == ["0ld0ld0"]
+    assert table["models"]["ease_again"]["commits"] != ["0ld0ld0"] and len(table["commits"]) == 2
+    assert table["seconds"] == pytest.approx(table["models"]["ease"]["seconds"] + table["models"]["ease_again"]["seconds"])
 
 
 @pytest.mark.parametrize("space,match", [

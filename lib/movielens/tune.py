@@ -11,7 +11,8 @@ params keys: ``{float: [low, high], log: true}``, ``{int: [low, high]}`` or ``{c
 Optuna's storage): an interrupted tuning resumes where it stopped, and trials already run
 are not repeated. Written at the end, for each dataset: ``<output>/<dataset>_<model>.yaml``
 (the base file with the best values: what the report trains) and ``<output>/<dataset>.json``,
-the tuning table (trials, best value, best values, seconds, per model). Optuna rather than a grid of our own: TPE,
+the tuning table (trials, best value, best values, seconds and the commits whose code ran
+the trials, per model; ``--models`` tunes some and keeps the others' rows). Optuna rather than a grid of our own: TPE,
 seeding, resumable storage and failure handling are its job.
 
     python -m lib.movielens.tune params/movielens/tuning/tune.yaml [--datasets ml-100k] [--models ease,ials]
@@ -108,7 +109,7 @@ def trial_run(model: dict, dataset: str, values: dict, name: str):
     return configure(**params)
 
 
-def _objective(model: dict, dataset: str):
+def _objective(model: dict, dataset: str, commit: str):
     def objective(trial) -> float:
         values = {key: _suggest(trial, key, spec) for key, spec in model["space"].items()}
         run = trial_run(model, dataset, values, f"tune_{dataset}_{model['name']}_{trial.number}")
@@ -117,12 +118,15 @@ def _objective(model: dict, dataset: str):
         result = json.loads((run.dir / "metrics.json").read_text())
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("train_seconds", result["train"]["seconds"])
+        trial.set_user_attr("commit", commit)  # the code that ran it
         return float(result["splits"]["val"]["metrics"]["ndcg@10"])
     return objective
 
 
-def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str) -> dict:
-    """Run ``model``'s remaining trials (of ``trials``) on ``dataset``; its summary."""
+def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str, commit: str,
+               earlier_commits: tuple = ("unknown",)) -> dict:
+    """Run ``model``'s remaining trials (of ``trials``) on ``dataset`` with the code of ``commit``;
+    its summary. ``earlier_commits``: those recorded for trials that predate the per-trial record."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed + zlib.crc32(model["name"].encode()) % 2**16)
@@ -141,7 +145,7 @@ def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str) 
 
     left = trials - len(done())
     if left > 0:
-        study.optimize(_objective(model, dataset), n_trials=left, callbacks=[report],
+        study.optimize(_objective(model, dataset, commit), n_trials=left, callbacks=[report],
                        catch=(steps.DivergedError, FloatingPointError))
     complete = [t for t in done() if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
@@ -150,7 +154,9 @@ def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str) 
     return {"name": model["name"], "base_params": model["params"], "trials": len(done()),
             "failed": len(done()) - len(complete), "best_value": best.value, "best_trial": best.number,
             "best_params": best.params, "seconds": sum(t.user_attrs.get("seconds", 0.0) for t in done()),
-            "space": model["space"]}
+            "space": model["space"],
+            "commits": sorted({c for t in done()
+                               for c in ([t.user_attrs["commit"]] if "commit" in t.user_attrs else earlier_commits)})}
 
 
 def write_tuned(model: dict, dataset: str, summary: dict, folder: Path) -> Path:
@@ -189,25 +195,30 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in cfg["models"] if not args.models or m["name"] in args.models.split(",")]
     trials = args.trials or cfg["trials"]
     folder = ROOT / cfg["output"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # "-dirty": the trials ran uncommitted code
     for dataset in datasets:
         store = build_root() / "movielens" / "tune"
         store.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{store / f'{dataset}.db'}"
         t0 = time.perf_counter()
+        table = folder / f"{dataset}.json"
+        previous = json.loads(table.read_text()) if table.is_file() else {"models": {}}
         summaries = []
         for model in models:
-            summary = tune_model(model, dataset, trials, cfg["seed"], storage)
+            earlier = previous["models"].get(model["name"], {}).get("commits") or [previous.get("commit", "unknown")]
+            summary = tune_model(model, dataset, trials, cfg["seed"], storage, commit, earlier)
             summary["params_file"] = _shown(write_tuned(model, dataset, summary, folder))
             summaries.append(summary)
-        table = folder / f"{dataset}.json"
-        previous = json.loads(table.read_text())["models"] if table.is_file() else {}
-        merged = {**previous, **{s["name"]: s for s in summaries}}
+        merged = {**previous["models"], **{s["name"]: s for s in summaries}}
+        for m in merged.values():  # a row written before rows carried their commits
+            m.setdefault("commits", [previous.get("commit", "unknown")])
         atomic_write_json(table, {"dataset": dataset, "metric": "val_ndcg@10", "sampler": "optuna TPE",
-                                  "trials_per_model": trials, "seed": cfg["seed"], "commit": commit,
+                                  "trials_per_model": trials, "seed": cfg["seed"],
+                                  "commits": sorted({c for m in merged.values() for c in m["commits"]}),
                                   "tune_file": args.tune_file, "models": merged,
-                                  "seconds": time.perf_counter() - t0})
+                                  # the tuning's cost: every model's trials, whichever invocation ran them
+                                  "seconds": sum(m["seconds"] for m in merged.values())})
         print(f"{dataset}: {len(summaries)} models tuned in {time.perf_counter() - t0:.0f} s -> {_shown(table)}")
     return 0
 
