@@ -74,6 +74,32 @@ def test_report_wall_counts_the_runs_made_since_make_report_started(tmp_path, mo
                                                  "fresh_runs": 0, "n_run_dirs": 2}
 
 
+@pytest.mark.unit
+def test_the_test_summary_says_whether_this_invocation_wrote_it(tmp_path, monkeypatch):
+    """A render through `make report REPORT=...` reads whatever results file an earlier
+    invocation left: the summary says so instead of claiming the tests ran alongside."""
+    import os
+    import time
+
+    from lib.movielens.report import _test_summary
+    xml = tmp_path / "test-results.xml"
+    xml.write_text('<testsuites><testsuite name="pytest" tests="3" failures="1" errors="0" skipped="1" time="2.5">'
+                   '<testcase classname="tests.test_a" name="x"/><testcase classname="tests.test_a" name="y"/>'
+                   '<testcase classname="tests.test_b" name="z"/></testsuite></testsuites>')
+    started = time.time()
+    os.utime(xml, (started - 100, started - 100))
+    monkeypatch.setenv(rendering.REPORT_START_ENV, str(started))
+    summary = _test_summary(xml)
+    assert (summary["passed"], summary["failures"], summary["skipped"], summary["seconds"]) == (1, 1, 1, 2.5)
+    assert summary["by_file"] == {"test_a": 2, "test_b": 1}
+    assert summary["this_invocation"] is False
+    assert summary["written_at"] == time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started - 100))
+    os.utime(xml, (started + 1, started + 1))
+    assert _test_summary(xml)["this_invocation"] is True
+    monkeypatch.delenv(rendering.REPORT_START_ENV)
+    assert _test_summary(xml)["this_invocation"] is None
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_smoke_report_figures(tmp_path):

@@ -140,6 +140,13 @@ def is_smoke_render(run_overrides: dict | None) -> bool:
 REPORT_START_ENV = "TWOTOWER_REPORT_START"
 
 
+def written_since_start(path: Path) -> bool | None:
+    """Whether ``path`` was written since the ``make report`` invocation rendering a report
+    started (None outside ``make``: not known)."""
+    started = os.environ.get(REPORT_START_ENV)
+    return Path(path).stat().st_mtime >= float(started) if started else None
+
+
 def report_wall(run_dirs) -> dict:
     """How long the ``make report`` rendering this report has been running
     (``report_wall_seconds``, since ``started_at``; None outside ``make``) and how many of the

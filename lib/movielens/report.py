@@ -6,6 +6,7 @@ import inspect
 import json
 import time
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,8 @@ import numpy as np  # noqa: E402
 from ..core import stats  # noqa: E402
 from ..core.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ..core.params import ParamsError, deep_merge, load_yaml, merge_checked  # noqa: E402
-from ..core.rendering import is_smoke_render, provenance, prune_figures, render, report_wall, save_figures  # noqa: E402
+from ..core.rendering import (is_smoke_render, provenance, prune_figures, render, report_wall,  # noqa: E402
+                              save_figures, written_since_start)
 from ..core.runs import ROOT, run_from_file  # noqa: E402
 from . import baselines, steps  # noqa: E402
 
@@ -256,6 +258,9 @@ def _test_summary(path: Path) -> dict | None:
         name = mod[1] if len(mod) > 1 else mod[0]
         files[name] = files.get(name, 0) + 1
     tot["by_file"] = dict(sorted(files.items()))
+    # a render through `make report REPORT=...` reads whatever results an earlier invocation left
+    tot["this_invocation"] = written_since_start(path)
+    tot["written_at"] = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return tot
 
 
