@@ -71,8 +71,9 @@ endif
 # Every model's hyperparameters searched with one budget of Optuna trials on validation
 # (params/movielens/tuning/tune.yaml; resumable): writes params/movielens/tuning/*. Too slow
 # for `make report`, which trains the configurations it chose. TUNE_ARGS="--datasets ml-100k".
+# Models run $(JOBS) at a time (one process each: both cores busy); DEVICE=cuda on a GPU.
 tune: setup
-	$(PY) -m lib.movielens.tune params/movielens/tuning/tune.yaml $(TUNE_ARGS)
+	$(PY) -m lib.movielens.tune params/movielens/tuning/tune.yaml --jobs $(JOBS) $(DEVICE_FLAG) $(TUNE_ARGS)
 
 # The "Your data" example: a generated interactions log (data/example/, git-ignored) and its
 # report, reports/example.md.

@@ -78,6 +78,24 @@ def test_tuning_some_models_keeps_the_other_rows(tmp_path):
     assert table["seconds"] == pytest.approx(table["models"]["ease"]["seconds"] + table["models"]["ease_again"]["seconds"])
 
 
+def test_models_tuned_in_parallel_find_what_one_process_finds(tmp_path, monkeypatch):
+    """--jobs 2 tunes two models at once in worker processes; each model's trials stay
+    sequential under its own seeded sampler, so the table is the one a single process writes."""
+    f = _tune_file(tmp_path, trials=2)
+    spec = yaml.safe_load(open(f))
+    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    tables = []
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / f"build{jobs}"))
+        assert tune.main([f, "--jobs", jobs]) == 0
+        tables.append(json.loads((tmp_path / "tuned" / "synthetic.json").read_text()))
+    for name in ("ease", "ease_again"):
+        one, two = (t["models"][name] for t in tables)
+        assert (two["best_params"], two["best_value"], two["trials"]) == (one["best_params"], one["best_value"], 2)
+    assert tables[0]["models"]["ease"]["best_params"] != tables[0]["models"]["ease_again"]["best_params"]
+
+
 @pytest.mark.parametrize("space,match", [
     ({"model.params.l2": {"float": [10.0, 1.0]}}, "low < high"),
     ({"model.params.l2": {"float": [0.0, 1.0], "log": True}}, "low > 0 with log"),

@@ -16,6 +16,7 @@ the trials, per model; ``--models`` tunes some and keeps the others' rows). Optu
 seeding, resumable storage and failure handling are its job.
 
     python -m lib.movielens.tune params/movielens/tuning/tune.yaml [--datasets ml-100k] [--models ease,ials]
+                                 [--jobs 2] [--device cuda]
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import yaml
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, load_yaml
 from ..core.runs import ROOT, build_root, configure, run_parameters
+from ..core.device import DEVICES, pick_device
 from . import steps
 
 KINDS = ("float", "int", "choices")
@@ -95,11 +97,13 @@ def _set(params: dict, dotted: str, value) -> None:
     node[last] = value
 
 
-def trial_run(model: dict, dataset: str, values: dict, name: str):
+def trial_run(model: dict, dataset: str, values: dict, name: str, device: str | None = None):
     """The run of ``model``'s base file on ``dataset`` with ``values`` (dotted keys), scored on
-    validation only, without its ``select_on_validation`` grid; validated (a ``ParamsError``
-    names the key)."""
+    validation only, without its ``select_on_validation`` grid, on ``device`` if given;
+    validated (a ``ParamsError`` names the key)."""
     params = run_parameters(ROOT / model["params"])  # a fresh dict: edited below
+    if device:
+        params["device"] = device
     params["data"]["dataset"] = dataset
     params["model"].pop("select_on_validation", None)
     params["evaluate"] = dict(params["evaluate"], splits=["val"])
@@ -109,10 +113,10 @@ def trial_run(model: dict, dataset: str, values: dict, name: str):
     return configure(**params)
 
 
-def _objective(model: dict, dataset: str, commit: str):
+def _objective(model: dict, dataset: str, commit: str, device: str | None):
     def objective(trial) -> float:
         values = {key: _suggest(trial, key, spec) for key, spec in model["space"].items()}
-        run = trial_run(model, dataset, values, f"tune_{dataset}_{model['name']}_{trial.number}")
+        run = trial_run(model, dataset, values, f"tune_{dataset}_{model['name']}_{trial.number}", device)
         t0 = time.perf_counter()
         steps.evaluate(run)
         result = json.loads((run.dir / "metrics.json").read_text())
@@ -124,7 +128,7 @@ def _objective(model: dict, dataset: str, commit: str):
 
 
 def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str, commit: str,
-               earlier_commits: tuple = ("unknown",)) -> dict:
+               earlier_commits: tuple = ("unknown",), device: str | None = None) -> dict:
     """Run ``model``'s remaining trials (of ``trials``) on ``dataset`` with the code of ``commit``;
     its summary. ``earlier_commits``: those recorded for trials that predate the per-trial record."""
     import optuna
@@ -145,7 +149,7 @@ def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str, 
 
     left = trials - len(done())
     if left > 0:
-        study.optimize(_objective(model, dataset, commit), n_trials=left, callbacks=[report],
+        study.optimize(_objective(model, dataset, commit, device), n_trials=left, callbacks=[report],
                        catch=(steps.DivergedError, FloatingPointError))
     complete = [t for t in done() if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
@@ -179,15 +183,26 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _storage(dataset: str) -> str:
+    store = build_root() / "movielens" / "tune"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / f'{dataset}.db'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tune_file", nargs="?", default="params/movielens/tuning/tune.yaml")
     ap.add_argument("--datasets", help="comma-separated subset of the tune file's datasets")
     ap.add_argument("--models", help="comma-separated subset of the tune file's models")
     ap.add_argument("--trials", type=int, help="trials per model instead of the tune file's (a quick look)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="models tuned at once, each in its own process (make tune: one per core); a model's "
+                         "trials stay sequential, so the values found are the same")
+    ap.add_argument("--device", choices=DEVICES, help="every trial on this device (auto: cuda when torch sees a GPU)")
     args = ap.parse_args(argv)
     try:
         cfg = tune_config(ROOT / args.tune_file)
+        device = pick_device(args.device).type if args.device else None
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,30 +212,46 @@ def main(argv: list[str] | None = None) -> int:
     folder = ROOT / cfg["output"]
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()  # "-dirty": the trials ran uncommitted code
+    t0 = time.perf_counter()
+    previous = {d: json.loads((folder / f"{d}.json").read_text()) if (folder / f"{d}.json").is_file()
+                else {"models": {}} for d in datasets}
+    tasks = []
     for dataset in datasets:
-        store = build_root() / "movielens" / "tune"
-        store.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{store / f'{dataset}.db'}"
-        t0 = time.perf_counter()
-        table = folder / f"{dataset}.json"
-        previous = json.loads(table.read_text()) if table.is_file() else {"models": {}}
-        summaries = []
         for model in models:
-            earlier = previous["models"].get(model["name"], {}).get("commits") or [previous.get("commit", "unknown")]
-            summary = tune_model(model, dataset, trials, cfg["seed"], storage, commit, earlier)
-            summary["params_file"] = _shown(write_tuned(model, dataset, summary, folder))
-            summaries.append(summary)
-        merged = {**previous["models"], **{s["name"]: s for s in summaries}}
+            earlier = previous[dataset]["models"].get(model["name"], {}).get("commits") or \
+                [previous[dataset].get("commit", "unknown")]
+            tasks.append((model, dataset, trials, cfg["seed"], _storage(dataset), commit, earlier, device))
+    # the longest first (by the seconds a previous tuning recorded), so that no core idles at the end
+    tasks.sort(key=lambda t: -previous[t[1]]["models"].get(t[0]["name"], {}).get("seconds", math.inf))
+    if args.jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(args.jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_tune_task, tasks))
+    else:
+        results = [_tune_task(t) for t in tasks]
+    for dataset in datasets:
+        summaries = [s for (_, d, *_), s in zip(tasks, results) if d == dataset]
+        for (model, d, *_), summary in zip(tasks, results):
+            if d == dataset:
+                summary["params_file"] = _shown(write_tuned(model, dataset, summary, folder))
+        merged = {**previous[dataset]["models"], **{s["name"]: s for s in summaries}}
         for m in merged.values():  # a row written before rows carried their commits
-            m.setdefault("commits", [previous.get("commit", "unknown")])
+            m.setdefault("commits", [previous[dataset].get("commit", "unknown")])
+        table = folder / f"{dataset}.json"
         atomic_write_json(table, {"dataset": dataset, "metric": "val_ndcg@10", "sampler": "optuna TPE",
                                   "trials_per_model": trials, "seed": cfg["seed"],
                                   "commits": sorted({c for m in merged.values() for c in m["commits"]}),
                                   "tune_file": args.tune_file, "models": merged,
                                   # the tuning's cost: every model's trials, whichever invocation ran them
                                   "seconds": sum(m["seconds"] for m in merged.values())})
-        print(f"{dataset}: {len(summaries)} models tuned in {time.perf_counter() - t0:.0f} s -> {_shown(table)}")
+        print(f"{dataset}: {len(summaries)} models tuned -> {_shown(table)}")
+    print(f"tuned {len(tasks)} (dataset, model) pairs in {time.perf_counter() - t0:.0f} s with {args.jobs} job(s)")
     return 0
+
+
+def _tune_task(task: tuple) -> dict:
+    return tune_model(*task)
 
 
 if __name__ == "__main__":
