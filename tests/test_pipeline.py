@@ -156,6 +156,6 @@ def test_smoke_report_figures(tmp_path):
     assert [r["dim"] for r in c["rank_sweep"]["rows"]] == [64, 128, 256, 512, 1024, 2048]
     ease = next(r for r in c["baselines"] if r["label"] == "EASE^R")  # the baselines table's EASE, on validation
     assert c["rank_sweep"]["ease"] == pytest.approx(ease["val_m"]["ndcg@10"], rel=1e-12)
-    assert [v["label"].split(":")[0] for v in c["sequence_rows"]] == ["s1", "s2", "s3"]
+    assert [v["label"].split(":")[0] for v in c["sequence_rows"]] == ["s1", "s2", "s3", "s1*", "s2*"]
     for rel in c["figs"].values():  # named by the report they belong to, shown in its markdown
         assert rel.startswith("figures/EVAL-") and (tmp_path / rel).is_file() and f"]({rel})" in text

@@ -128,10 +128,10 @@ def test_report_validates_every_run_then_renders_the_report_file_it_was_given(mo
                         rendered.append((nb, params)))
     report_file = ROOT / "params/movielens/report.yaml"
     runner.report(report_file)
-    # 47 run files, 2 tuned two-towers on each dataset, the 31 ML-1M two-tower variants again on ML-100K,
+    # 47 run files, 4 tuned two-towers on each dataset, the 33 ML-1M two-tower variants again on ML-100K,
     # and per dataset the baselines under
     # the other protocols and seeds: 3 seeded x (3 x 3 - 1) + 4 deterministic x (3 - 1) = 32
-    assert len(ran) == 47 + 2 + 2 + 31 + 2 * 32
+    assert len(ran) == 47 + 4 + 4 + 33 + 2 * 32
     assert rendered == [("04_compare.ipynb", {"study": "movielens", "report_file": str(report_file.resolve()),
                                               "output": None, "run_overrides": {}})]
 
