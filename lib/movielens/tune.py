@@ -31,10 +31,10 @@ from pathlib import Path
 
 import yaml
 
+from ..core.device import DEVICES, pick_device
 from ..core.files import atomic_write_json, atomic_write_text
 from ..core.params import ParamsError, load_yaml
 from ..core.runs import ROOT, build_root, configure, run_parameters
-from ..core.device import DEVICES, pick_device
 from . import steps
 
 KINDS = ("float", "int", "choices")
