@@ -52,10 +52,54 @@ def test_tuning_writes_the_best_trial_and_resumes(tmp_path, capsys):
     table = json.loads((tmp_path / "tuned" / "synthetic.json").read_text())
     assert table["models"]["ease"]["trials"] == 4
     # each row names the code its trials ran (this checkout's commit), and the table's cost is its rows' sum
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=runs.ROOT, capture_output=True,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runs.ROOT, capture_output=True,
                             text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=runs.ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    commit += "-dirty" if dirty else ""
     assert table["models"]["ease"]["commits"] == table["commits"] == [commit]
     assert table["seconds"] == sum(m["seconds"] for m in table["models"].values())
+
+
+@pytest.mark.unit
+def test_the_commit_is_dirty_for_changed_code_not_for_the_tunings_own_output(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "params" / "tuning").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "params" / "tuning" / "ml-1m.json").write_text("{}\n")
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    head = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(tune, "ROOT", repo)
+    (repo / "params" / "tuning" / "ml-1m.json").write_text('{"models": {}}\n')  # a tuning's own table
+    assert tune._commit(repo / "params" / "tuning") == head
+    (repo / "code.py").write_text("x = 2\n")
+    assert tune._commit(repo / "params" / "tuning") == head + "-dirty"
+
+
+def test_a_second_tuning_started_before_the_first_ended_keeps_its_rows(tmp_path):
+    """Two `tune --models ...` at once: each merges its rows into the table as it is when it writes."""
+    f = _tune_file(tmp_path, trials=1)
+    spec = yaml.safe_load(open(f))
+    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    table_file = tmp_path / "tuned" / "synthetic.json"
+    real = tune.tune_model
+
+    def slow(model, *args):  # the first invocation's table is written while this one tunes
+        if model["name"] == "ease_again":
+            assert tune.main([f, "--models", "ease"]) == 0
+        return real(model, *args)
+    tune.tune_model = slow
+    try:
+        assert tune.main([f, "--models", "ease_again"]) == 0
+    finally:
+        tune.tune_model = real
+    assert set(json.loads(table_file.read_text())["models"]) == {"ease", "ease_again"}
 
 
 def test_tuning_some_models_keeps_the_other_rows(tmp_path):

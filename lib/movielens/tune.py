@@ -134,7 +134,7 @@ def tune_model(model: dict, dataset: str, trials: int, seed: int, storage: str, 
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed + zlib.crc32(model["name"].encode()) % 2**16)
-    study = optuna.create_study(study_name=f"{dataset}/{model['name']}", storage=storage, direction="maximize",
+    study = optuna.create_study(study_name=f"{dataset}/{model['name']}", storage=_rdb(storage), direction="maximize",
                                 sampler=sampler, load_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
@@ -183,10 +183,31 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _commit(output: Path) -> str:
+    """This checkout's commit, with "-dirty" when a tracked file outside the tuning's own
+    output folder differs from it (the trials then ran code that no commit holds)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    inside = [f":(exclude){output.relative_to(ROOT)}"] if output.is_relative_to(ROOT) else []
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *inside)
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
+
+
 def _storage(dataset: str) -> str:
+    """The dataset's SQLite storage, its tables created here: worker processes that each
+    created them at once would race on the schema."""
     store = build_root() / "movielens" / "tune"
     store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / f'{dataset}.db'}"
+    url = f"sqlite:///{store / f'{dataset}.db'}"
+    _rdb(url)
+    return url
+
+
+def _rdb(url: str):
+    """Optuna's storage at ``url``; with --jobs, processes share a file: a writer waits for the
+    lock (up to a minute) instead of failing at once."""
+    import optuna
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in cfg["models"] if not args.models or m["name"] in args.models.split(",")]
     trials = args.trials or cfg["trials"]
     folder = ROOT / cfg["output"]
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()  # "-dirty": the trials ran uncommitted code
+    commit = _commit(folder)
     t0 = time.perf_counter()
     previous = {d: json.loads((folder / f"{d}.json").read_text()) if (folder / f"{d}.json").is_file()
                 else {"models": {}} for d in datasets}
@@ -235,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         for (model, d, *_), summary in zip(tasks, results):
             if d == dataset:
                 summary["params_file"] = _shown(write_tuned(model, dataset, summary, folder))
-        merged = {**previous[dataset]["models"], **{s["name"]: s for s in summaries}}
-        for m in merged.values():  # a row written before rows carried their commits
-            m.setdefault("commits", [previous[dataset].get("commit", "unknown")])
         table = folder / f"{dataset}.json"
+        # read again: another `tune --models ...` may have written its rows since this one started
+        latest = json.loads(table.read_text()) if table.is_file() else {"models": {}}
+        merged = {**latest["models"], **{s["name"]: s for s in summaries}}
+        for m in merged.values():  # a row written before rows carried their commits
+            m.setdefault("commits", [latest.get("commit", "unknown")])
         atomic_write_json(table, {"dataset": dataset, "metric": "val_ndcg@10", "sampler": "optuna TPE",
                                   "trials_per_model": trials, "seed": cfg["seed"],
                                   "commits": sorted({c for m in merged.values() for c in m["commits"]}),
