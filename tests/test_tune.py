@@ -25,6 +25,15 @@ def _tune_file(tmp_path, trials: int = 3) -> str:
     return str(f)
 
 
+def _two_model_tune_file(tmp_path, trials: int) -> str:
+    """The tune file with a second model, "ease_again": the same space, another sampler seed."""
+    f = _tune_file(tmp_path, trials)
+    spec = yaml.safe_load(open(f))
+    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    return f
+
+
 def test_tuning_writes_the_best_trial_and_resumes(tmp_path, capsys):
     f = _tune_file(tmp_path)
     assert tune.main([f]) == 0
@@ -81,12 +90,9 @@ def test_the_commit_is_dirty_for_changed_code_not_for_the_tunings_own_output(tmp
     assert tune._commit(repo / "params" / "tuning") == head + "-dirty"
 
 
-def test_a_second_tuning_started_before_the_first_ended_keeps_its_rows(tmp_path):
+def test_a_second_tuning_started_before_the_first_ended_keeps_its_rows(tmp_path, monkeypatch):
     """Two `tune --models ...` at once: each merges its rows into the table as it is when it writes."""
-    f = _tune_file(tmp_path, trials=1)
-    spec = yaml.safe_load(open(f))
-    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
-    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    f = _two_model_tune_file(tmp_path, trials=1)
     table_file = tmp_path / "tuned" / "synthetic.json"
     real = tune.tune_model
 
@@ -94,19 +100,13 @@ def test_a_second_tuning_started_before_the_first_ended_keeps_its_rows(tmp_path)
         if model["name"] == "ease_again":
             assert tune.main([f, "--models", "ease"]) == 0
         return real(model, *args)
-    tune.tune_model = slow
-    try:
-        assert tune.main([f, "--models", "ease_again"]) == 0
-    finally:
-        tune.tune_model = real
+    monkeypatch.setattr(tune, "tune_model", slow)
+    assert tune.main([f, "--models", "ease_again"]) == 0
     assert set(json.loads(table_file.read_text())["models"]) == {"ease", "ease_again"}
 
 
 def test_tuning_some_models_keeps_the_other_rows(tmp_path):
-    f = _tune_file(tmp_path, trials=2)
-    spec = yaml.safe_load(open(f))
-    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
-    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    f = _two_model_tune_file(tmp_path, trials=2)
     table_file = tmp_path / "tuned" / "synthetic.json"
     assert tune.main([f, "--models", "ease"]) == 0
     first = json.loads(table_file.read_text())
@@ -125,10 +125,7 @@ def test_tuning_some_models_keeps_the_other_rows(tmp_path):
 def test_models_tuned_in_parallel_find_what_one_process_finds(tmp_path, monkeypatch):
     """--jobs 2 tunes two models at once in worker processes; each model's trials stay
     sequential under its own seeded sampler, so the table is the one a single process writes."""
-    f = _tune_file(tmp_path, trials=2)
-    spec = yaml.safe_load(open(f))
-    spec["tune"]["models"].append({**spec["tune"]["models"][0], "name": "ease_again"})
-    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    f = _two_model_tune_file(tmp_path, trials=2)
     tables = []
     for jobs in ("1", "2"):
         monkeypatch.setenv("TWOTOWER_BUILD_DIR", str(tmp_path / f"build{jobs}"))
