@@ -137,6 +137,13 @@ def test_models_tuned_in_parallel_find_what_one_process_finds(tmp_path, monkeypa
     assert tables[0]["models"]["ease"]["best_params"] != tables[0]["models"]["ease_again"]["best_params"]
 
 
+@pytest.mark.unit
+def test_an_impossible_jobs_count_is_refused(tmp_path, capsys):
+    assert tune.main([_tune_file(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "tuned").exists()
+
+
 @pytest.mark.parametrize("space,match", [
     ({"model.params.l2": {"float": [10.0, 1.0]}}, "low < high"),
     ({"model.params.l2": {"float": [0.0, 1.0], "log": True}}, "low > 0 with log"),

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = tune_config(ROOT / args.tune_file)
         device = pick_device(args.device).type if args.device else None
+        if args.jobs < 1:
+            raise ParamsError(f"--jobs must be >= 1, got {args.jobs}")
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
