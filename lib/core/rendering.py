@@ -155,7 +155,7 @@ def report_wall(run_dirs) -> dict:
     whole report only when it made every run."""
     started = os.environ.get(REPORT_START_ENV)
     dirs = {str(d) for d in run_dirs}
-    fresh = {d for d in dirs if started and (Path(d) / "metrics.json").stat().st_mtime >= float(started)}
+    fresh = {d for d in dirs if written_since_start(Path(d) / "metrics.json")}
     return {"report_wall_seconds": (time.time() - float(started)) if started else None,
             "started_at": float(started) if started else None, "fresh_runs": len(fresh), "n_run_dirs": len(dirs)}
 
