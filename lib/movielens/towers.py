@@ -152,6 +152,33 @@ class ItemTower(nn.Module):
         return F.normalize(self.net(torch.cat(parts, dim=1)), dim=-1)
 
 
+class _WeightedRowSums(torch.autograd.Function):
+    """``rows @ table`` for a sparse (B x n) CSR matrix ``rows`` and a dense (n x d) table,
+    differentiable in the table. Forward: one ``embedding_bag`` (sum, per-sample weights)
+    over the CSR rows; backward: the same over the rows of its transpose (CSC). Each output
+    row is accumulated over its nonzeros in ascending column order, as ``torch.sparse.mm``
+    does on the CPU (the same bits: tests check it), without the COO sort that made the
+    sparse product ~15 ms forward and ~37 ms backward for an ML-1M interaction batch
+    (1024 users, ~355k history entries) on one thread, against ~1 and ~3 ms here."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: sp.csr_matrix) -> torch.Tensor:
+        ctx.rows = rows
+        dev = table.device
+        return F.embedding_bag(torch.as_tensor(rows.indices, dtype=torch.long, device=dev), table,
+                               torch.as_tensor(rows.indptr[:-1], dtype=torch.long, device=dev), mode="sum",
+                               per_sample_weights=torch.as_tensor(rows.data, device=dev))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cols = ctx.rows.tocsc()  # each column's rows in ascending order
+        dev = grad.device
+        grad_table = F.embedding_bag(torch.as_tensor(cols.indices, dtype=torch.long, device=dev), grad.contiguous(),
+                                     torch.as_tensor(cols.indptr[:-1], dtype=torch.long, device=dev), mode="sum",
+                                     per_sample_weights=torch.as_tensor(cols.data, device=dev))
+        return grad_table, None
+
+
 def pooled_history(embedding: nn.Embedding, hist: sp.csr_matrix, users: torch.Tensor,
                    leave_out: torch.Tensor | None, weights: sp.csr_matrix | None = None) -> torch.Tensor:
     """Weighted mean of the history items' embeddings (rows ``users`` of ``hist``).
@@ -159,16 +186,19 @@ def pooled_history(embedding: nn.Embedding, hist: sp.csr_matrix, users: torch.Te
     training feeds only the input part of a user's history there); ``leave_out``: each
     user's training target, taken out of its own history."""
     dev = embedding.weight.device
-    rows = (hist[users.cpu().numpy().copy()] if weights is None else weights).tocoo()
-    idx = torch.as_tensor(np.vstack([rows.row, rows.col]), dtype=torch.long, device=dev)
-    w = torch.sparse_coo_tensor(idx, torch.as_tensor(rows.data, device=dev), (len(users), hist.shape[1]),
-                                check_invariants=False)
-    total = torch.sparse.mm(w, embedding.weight)
-    norm = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values())
+    rows = hist[users.cpu().numpy().copy()] if weights is None else sp.csr_matrix(weights)
+    if not rows.has_canonical_format:  # sorted, distinct columns in each row
+        rows = rows.copy()
+        rows.sum_duplicates()
+    total = _WeightedRowSums.apply(embedding.weight, rows)
+    row_np = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+    row_of = torch.as_tensor(row_np, dtype=torch.long, device=dev)
+    values = torch.as_tensor(rows.data, device=dev)
+    norm = torch.zeros(len(users), device=dev).index_add_(0, row_of, values)
     if leave_out is not None:
         # The training target must not be in its own history (it would be copied, not predicted).
-        is_target = torch.as_tensor(rows.col == leave_out.cpu().numpy()[rows.row], device=dev)
-        w_t = torch.zeros(len(users), device=dev).index_add_(0, idx[0], w._values() * is_target)
+        is_target = torch.as_tensor(rows.indices == leave_out.cpu().numpy()[row_np], device=dev)
+        w_t = torch.zeros(len(users), device=dev).index_add_(0, row_of, values * is_target)
         total = total - w_t[:, None] * embedding(leave_out)
         norm = norm - w_t
     return total / norm.clamp_min(1e-6)[:, None]
