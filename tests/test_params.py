@@ -1,4 +1,5 @@
 """Bad params fail the run, clearly, before anything executes."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,36 @@ def test_runner_fails_on_typo_before_executing(tmp_path):
     assert proc.returncode == 2
     assert "train.max_epoch" in proc.stderr and "max_epochs" in proc.stderr
     assert not (tmp_path / "build").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("nb", [*notebooks.RUN_NOTEBOOKS, notebooks.REPORT_NOTEBOOK])
+def test_notebook_parameters_are_what_papermill_finds(nb):
+    """The parameters cell is read without papermill (``--check`` stays fast): the same
+    names, in order, with the same default values as ``papermill.inspect_notebook``."""
+    import ast
+
+    import papermill
+    ours = notebooks.notebook_parameters_with_defaults(nb)
+    theirs = {k: v["default"] for k, v in papermill.inspect_notebook(str(notebooks.NOTEBOOKS / nb)).items()}
+    assert list(ours) == list(theirs)
+    assert {k: ast.literal_eval(v) for k, v in ours.items()} == {k: ast.literal_eval(v) for k, v in theirs.items()}
+
+
+def test_notebook_parameters_cell_forms(tmp_path, monkeypatch):
+    """Annotated and multi-line assignments count; other statements and untagged cells do not."""
+    cell = {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": None,
+            "source": ["x = 1  # one\n", "y: int = 2\n", "z = {'a': 1,\n", "     'b': [2, 3]}\n",
+                       "import os\n", "w: int\n", "a, b = 1, 2\n"]}
+    other = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "q = 5\n"}
+    (tmp_path / "nb.ipynb").write_text(json.dumps({"cells": [other, cell], "metadata": {}, "nbformat": 4,
+                                                    "nbformat_minor": 5}))
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
+    notebooks.notebook_parameters_with_defaults.cache_clear()
+    try:
+        found = notebooks.notebook_parameters_with_defaults("nb.ipynb")
+    finally:
+        notebooks.notebook_parameters_with_defaults.cache_clear()
+    assert found == {"x": "1", "y": "2", "z": "{'a': 1,\n     'b': [2, 3]}"}
 
 
 def test_notebook_parameters_cover_the_params_sections():

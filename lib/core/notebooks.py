@@ -19,9 +19,30 @@ REPORT_PARAMETERS = ("study", "report_file", "output", "run_overrides")
 
 @functools.lru_cache(maxsize=None)
 def notebook_parameters_with_defaults(name: str) -> dict[str, str]:
-    """The names of a notebook's ``parameters`` cell, each with its default's source."""
-    import papermill
-    return {k: v["default"] for k, v in papermill.inspect_notebook(str(NOTEBOOKS / name)).items()}
+    """The names of a notebook's ``parameters`` cell (the first cell tagged so, as papermill
+    finds it), each with its default's source. The same names and values as
+    ``papermill.inspect_notebook`` (a test holds them together), read with ``json`` and ``ast``:
+    importing papermill (nbformat, jsonschema) costs about 2 s, more than ``--check``'s work."""
+    import ast
+    import json
+
+    path = NOTEBOOKS / name
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return {}
+    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    names = {}
+    for node in ast.parse(source, filename=f"{path} (parameters cell)").body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            names[target.id] = ast.get_source_segment(source, node.value)
+    return names
 
 
 def notebook_parameters(name: str) -> frozenset[str]:
