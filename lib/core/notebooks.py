@@ -1,7 +1,8 @@
 """The notebooks a run or a report executes, through papermill.
 
 papermill only *warns* on an unknown parameter, so the parameters a run passes are checked
-against each notebook's ``parameters`` cell (``papermill.inspect_notebook``) first.
+against each notebook's ``parameters`` cell first (read as ``papermill.inspect_notebook``
+reads it: ``notebook_parameters_with_defaults``).
 """
 from __future__ import annotations
 
