@@ -81,6 +81,17 @@ def test_notebook_parameters_cell_forms(tmp_path, monkeypatch):
     assert found == {"x": "1", "y": "2", "z": "{'a': 1,\n     'b': [2, 3]}"}
 
 
+def test_a_corrupt_notebook_is_named(tmp_path, monkeypatch):
+    (tmp_path / "nb.ipynb").write_text('{"cells": [')
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
+    notebooks.notebook_parameters_with_defaults.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"nb\.ipynb: not a readable notebook \(JSONDecodeError"):
+            notebooks.notebook_parameters_with_defaults("nb.ipynb")
+    finally:
+        notebooks.notebook_parameters_with_defaults.cache_clear()
+
+
 def test_notebook_parameters_cover_the_params_sections():
     for nb in notebooks.RUN_NOTEBOOKS:
         assert set(runs.TOP_LEVEL) <= notebooks.notebook_parameters(nb)

@@ -13,6 +13,21 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 1, "batch_size": 256},
          "evaluate": {"bootstrap": 50, "latency_repeats": 20}}
 
+# Two-tower figures pinned on each kind of CPU machine these tests have run on: the same code,
+# params and seed give the same bits on one machine, but torch's CPU kernels differ between
+# kinds (here: the machines of 2026-11 and CI until then; an AVX2-only machine, torch's
+# ``get_cpu_capability()`` "AVX2", on 2026-12-02), and a last-bit difference in training grows
+# into the metrics over the epochs. A run must equal one kind's figures, all of them, to 1e-6.
+MACHINES = ("machines of 2026-11", "AVX2 machine of 2026-12-02")
+
+
+def _one_kind_of(observed: tuple, pins: dict) -> str:
+    """The machine kind whose pinned figures ``observed`` equals (each to rel 1e-6)."""
+    for kind, want in pins.items():
+        if observed == pytest.approx(want, rel=1e-6):
+            return kind
+    raise AssertionError(f"{observed} equals the figures pinned on none of the machine kinds: {pins}")
+
 
 @pytest.mark.e2e
 @pytest.mark.slow
@@ -31,12 +46,14 @@ def test_ml100k_end_to_end_through_notebooks(tmp_path, shared_data, monkeypatch)
     # pinned when negatives moved to the device (exact sampling among unseen items, a torch
     # generator: other draws than numpy's rejection sampling of 84adf17)
     assert test["n_users"] == 152
-    assert test["metrics"]["recall@10"] == pytest.approx(0.06369559739253364, rel=1e-6)
-    assert test["metrics"]["ndcg@10"] == pytest.approx(0.21590901830658282, rel=1e-6)
-    assert test["metrics"]["hit_rate@10"] == pytest.approx(0.5921052631578947, rel=1e-6)
+    observed = (*(test["metrics"][k] for k in ("recall@10", "ndcg@10", "hit_rate@10")),
+                *(r["train_loss"] for r in m["train"]["history"]))
+    _one_kind_of(observed, dict(zip(MACHINES, [
+        (0.06369559739253364, 0.21590901830658282, 0.5921052631578947,
+         3.5718797253024195, 3.299763931766633, 3.150783021988407),
+        (0.06673945126680253, 0.21852468324988852, 0.5986842105263158,
+         3.5719832881804434, 3.300504819808468, 3.1508741809475804)])))
     assert test["faiss_equals_bruteforce@10"] == 1.0
-    assert [r["train_loss"] for r in m["train"]["history"]] == pytest.approx(
-        [3.5718797253024195, 3.299763931766633, 3.150783021988407], rel=1e-6)
     # second call is cached: nothing re-executes
     mtime = (run_dir / "metrics.json").stat().st_mtime
     runner.run_one(f)
@@ -112,7 +129,8 @@ def test_smoke_report_figures(tmp_path):
     assert c["main_row"]["m"]["ndcg@10"] == pytest.approx(0.27025506826241735, rel=1e-6)
     assert c["main_row"]["m"]["recall@10"] == pytest.approx(0.4309894385769872, rel=1e-6)
     assert c["best_params"] == "params/movielens/tt_f1_interactions_fullsoftmax.yaml"
-    assert c["best_row"]["m"]["ndcg@10"] == pytest.approx(0.27394374607311134, rel=1e-6)
+    _one_kind_of((c["best_row"]["m"]["ndcg@10"], c["paired"]["ndcg@10"]["mean_diff"]), dict(zip(MACHINES, [
+        (0.27394374607311134, 0.1203448116380188), (0.27417945072978167, 0.12058051629468913)])))
     # the baselines are the configurations make tune chose on ML-1M (params/movielens/tuning/), run here on smoke data
     assert {r["label"]: r["m"]["ndcg@10"] for r in c["baselines"]} == pytest.approx(
         {"Random": 0.047734, "Popularity": 0.059478, "Recent popularity": 0.048173, "ItemKNN (cosine)": 0.153599,
@@ -121,7 +139,8 @@ def test_smoke_report_figures(tmp_path):
         ("recall@10", "ItemKNN (cosine)", True), ("ndcg@10", "ItemKNN (cosine)", True),
         ("hit_rate@10", "ItemKNN (cosine)", True)]
     assert c["best_base"]["label"] == "ItemKNN (cosine)"
-    assert c["paired"]["ndcg@10"]["mean_diff"] == pytest.approx(0.1203448116380188, rel=1e-6)
+    assert c["paired"]["ndcg@10"]["mean_diff"] == pytest.approx(
+        c["best_row"]["m"]["ndcg@10"] - c["best_base"]["m"]["ndcg@10"], rel=1e-9)
     # the verdict per protocol: 2 datasets x 3 protocols x 3 metrics, the reference one equal to the verdict above
     assert len(c["verdicts_by_protocol"]) == 18
     ref = c["verdicts_by_protocol"][:3]  # ML-1M's tables come first, the reference protocol first

@@ -28,7 +28,10 @@ def notebook_parameters_with_defaults(name: str) -> dict[str, str]:
     import json
 
     path = NOTEBOOKS / name
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from exc
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         return {}
