@@ -64,32 +64,31 @@ def test_notebook_parameters_are_what_papermill_finds(nb):
     assert {k: ast.literal_eval(v) for k, v in ours.items()} == {k: ast.literal_eval(v) for k, v in theirs.items()}
 
 
-def test_notebook_parameters_cell_forms(tmp_path, monkeypatch):
+@pytest.fixture
+def notebooks_in_tmp(tmp_path, monkeypatch):
+    """The parameters reader pointed at ``tmp_path``, its cache empty before and after."""
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
+    notebooks.notebook_parameters_with_defaults.cache_clear()
+    yield tmp_path
+    notebooks.notebook_parameters_with_defaults.cache_clear()
+
+
+def test_notebook_parameters_cell_forms(notebooks_in_tmp):
     """Annotated and multi-line assignments count; other statements and untagged cells do not."""
     cell = {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": None,
             "source": ["x = 1  # one\n", "y: int = 2\n", "z = {'a': 1,\n", "     'b': [2, 3]}\n",
                        "import os\n", "w: int\n", "a, b = 1, 2\n"]}
     other = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "q = 5\n"}
-    (tmp_path / "nb.ipynb").write_text(json.dumps({"cells": [other, cell], "metadata": {}, "nbformat": 4,
-                                                    "nbformat_minor": 5}))
-    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
-    notebooks.notebook_parameters_with_defaults.cache_clear()
-    try:
-        found = notebooks.notebook_parameters_with_defaults("nb.ipynb")
-    finally:
-        notebooks.notebook_parameters_with_defaults.cache_clear()
+    (notebooks_in_tmp / "nb.ipynb").write_text(json.dumps({"cells": [other, cell], "metadata": {}, "nbformat": 4,
+                                                            "nbformat_minor": 5}))
+    found = notebooks.notebook_parameters_with_defaults("nb.ipynb")
     assert found == {"x": "1", "y": "2", "z": "{'a': 1,\n     'b': [2, 3]}"}
 
 
-def test_a_corrupt_notebook_is_named(tmp_path, monkeypatch):
-    (tmp_path / "nb.ipynb").write_text('{"cells": [')
-    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
-    notebooks.notebook_parameters_with_defaults.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match=r"nb\.ipynb: not a readable notebook \(JSONDecodeError"):
-            notebooks.notebook_parameters_with_defaults("nb.ipynb")
-    finally:
-        notebooks.notebook_parameters_with_defaults.cache_clear()
+def test_a_corrupt_notebook_is_named(notebooks_in_tmp):
+    (notebooks_in_tmp / "nb.ipynb").write_text('{"cells": [')
+    with pytest.raises(RuntimeError, match=r"nb\.ipynb: not a readable notebook \(JSONDecodeError"):
+        notebooks.notebook_parameters_with_defaults("nb.ipynb")
 
 
 def test_notebook_parameters_cover_the_params_sections():
