@@ -3,6 +3,7 @@
 The figures are pinned (pytest.approx): training is deterministic on CPU, so a change in
 any of them means a change of behaviour, which must be deliberate (then re-pin them)."""
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,20 +14,58 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 1, "batch_size": 256},
          "evaluate": {"bootstrap": 50, "latency_repeats": 20}}
 
-# Two-tower figures pinned on each kind of CPU machine these tests have run on: the same code,
-# params and seed give the same bits on one machine, but torch's CPU kernels differ between
-# kinds (here: the machines of 2026-11 and CI until then; an AVX2-only machine, torch's
-# ``get_cpu_capability()`` "AVX2", on 2026-12-02), and a last-bit difference in training grows
-# into the metrics over the epochs. A run must equal one kind's figures, all of them, to 1e-6.
-MACHINES = ("machines of 2026-11", "AVX2 machine of 2026-12-02")
+# Two-tower figures pinned on each kind of CPU machine these tests have run on, named by what
+# the reports' provenance reads (``rendering.machine()``: the CPU's model name as the machine
+# reports it, torch's ``get_cpu_capability()``). The same code, params and seed give the same
+# bits on one kind, but torch's and MKL's CPU kernels differ between kinds, and a last-bit
+# difference in training grows into the metrics over the epochs. (Forcing one kernel set,
+# ATEN_CPU_CAPABILITY=avx2 with MKL_CBWR=AVX2 or COMPATIBLE and ONEDNN_MAX_CPU_ISA=AVX2, did not
+# make the Intel machine give the AMD AVX2 machine's bits.) On a pinned kind a run must equal
+# that kind's figures, all of them, to 1e-6. On a kind with no pins yet, each figure must lie
+# within the test's stated tolerance of one pinned kind's (a few times the spread between the
+# kinds), and a warning prints the figures to pin for it.
+AMD_AVX512 = "AMD EPYC / AVX512"  # the machines of 2026-11, where the committed reports were rendered until then
+AMD_AVX2 = "AMD EPYC / AVX2"
+INTEL_AVX512 = "Intel(R) Xeon(R) Processor / AVX512"
 
 
-def _one_kind_of(observed: tuple, pins: dict) -> str:
-    """The machine kind whose pinned figures ``observed`` equals (each to rel 1e-6)."""
-    for kind, want in pins.items():
-        if observed == pytest.approx(want, rel=1e-6):
-            return kind
-    raise AssertionError(f"{observed} equals the figures pinned on none of the machine kinds: {pins}")
+def machine_kind() -> str:
+    m = rendering.machine()
+    return f"{m['cpu']} / {m['torch_cpu_capability']}"
+
+
+def _check_pinned(observed: tuple, pins: dict, unpinned_rel: tuple) -> None:
+    """``observed`` equals this machine kind's pinned figures (each to rel 1e-6); on a kind with
+    none, it lies within ``unpinned_rel`` (one relative tolerance per figure) of one kind's."""
+    kind = machine_kind()
+    if kind in pins:
+        assert observed == pytest.approx(pins[kind], rel=1e-6), f"{kind}: {observed}, pinned {pins[kind]}"
+        return
+    near = [k for k, want in pins.items()
+            if all(o == pytest.approx(w, rel=r) for o, w, r in zip(observed, want, unpinned_rel, strict=True))]
+    assert near, f"{kind} (no figures pinned): {observed} is within {unpinned_rel} of no pinned kind: {pins}"
+    warnings.warn(f"machine kind {kind!r} has no pinned figures: pin {observed!r} (within the tolerance of {near[0]!r})",
+                  stacklevel=2)
+
+
+@pytest.mark.unit
+def test_figures_pinned_per_machine_kind(monkeypatch):
+    """A pinned kind must give its own figures to 1e-6 (a last-bit change fails, even within
+    the unpinned tolerance); a kind with no pins passes within the tolerance, with a warning."""
+    pins, rel = {"A / AVX512": (0.5, 3.0), "B / AVX2": (0.52, 3.001)}, (0.1, 1e-3)
+    kind = {}
+    monkeypatch.setattr(rendering, "machine", lambda: kind)
+    kind.update(cpu="A", torch_cpu_capability="AVX512")
+    _check_pinned((0.5, 3.0), pins, rel)
+    with pytest.raises(AssertionError, match="pinned"):
+        _check_pinned((0.5, 3.0001), pins, rel)
+    with pytest.raises(AssertionError):  # B's figures, on A
+        _check_pinned((0.52, 3.001), pins, rel)
+    kind.update(cpu="C")
+    with pytest.warns(UserWarning, match=r"'C / AVX512' has no pinned figures: pin \(0.53, 3.0005\)"):
+        _check_pinned((0.53, 3.0005), pins, rel)
+    with pytest.raises(AssertionError, match="no figures pinned"):
+        _check_pinned((0.53, 3.01), pins, rel)
 
 
 @pytest.mark.e2e
@@ -48,11 +87,16 @@ def test_ml100k_end_to_end_through_notebooks(tmp_path, shared_data, monkeypatch)
     assert test["n_users"] == 152
     observed = (*(test["metrics"][k] for k in ("recall@10", "ndcg@10", "hit_rate@10")),
                 *(r["train_loss"] for r in m["train"]["history"]))
-    _one_kind_of(observed, dict(zip(MACHINES, [
-        (0.06369559739253364, 0.21590901830658282, 0.5921052631578947,
-         3.5718797253024195, 3.299763931766633, 3.150783021988407),
-        (0.06673945126680253, 0.21852468324988852, 0.5986842105263158,
-         3.5719832881804434, 3.300504819808468, 3.1508741809475804)])))
+    # a kind with no pins: the metrics within 10% of a pinned kind's, the losses within 0.1%
+    # (between the kinds below: up to 4.9% on recall@10, 0.02% on a loss)
+    _check_pinned(observed, {
+        AMD_AVX512: (0.06369559739253364, 0.21590901830658282, 0.5921052631578947,
+                     3.5718797253024195, 3.299763931766633, 3.150783021988407),
+        AMD_AVX2: (0.06673945126680253, 0.21852468324988852, 0.5986842105263158,
+                   3.5719832881804434, 3.300504819808468, 3.1508741809475804),
+        INTEL_AVX512: (0.06681516261019053, 0.22020223418240908, 0.5986842105263158,
+                       3.5719175277217743, 3.2997851956275204, 3.151462087323589)},
+        unpinned_rel=(0.1, 0.1, 0.1, 1e-3, 1e-3, 1e-3))
     assert test["faiss_equals_bruteforce@10"] == 1.0
     # second call is cached: nothing re-executes
     mtime = (run_dir / "metrics.json").stat().st_mtime
@@ -129,8 +173,11 @@ def test_smoke_report_figures(tmp_path):
     assert c["main_row"]["m"]["ndcg@10"] == pytest.approx(0.27025506826241735, rel=1e-6)
     assert c["main_row"]["m"]["recall@10"] == pytest.approx(0.4309894385769872, rel=1e-6)
     assert c["best_params"] == "params/movielens/tt_f1_interactions_fullsoftmax.yaml"
-    _one_kind_of((c["best_row"]["m"]["ndcg@10"], c["paired"]["ndcg@10"]["mean_diff"]), dict(zip(MACHINES, [
-        (0.27394374607311134, 0.1203448116380188), (0.27417945072978167, 0.12058051629468913)])))
+    # a kind with no pins: both within 2% of a pinned kind's (0.09% and 0.2% between the kinds below)
+    best = (0.27394374607311134, 0.1203448116380188)
+    _check_pinned((c["best_row"]["m"]["ndcg@10"], c["paired"]["ndcg@10"]["mean_diff"]),
+                  {AMD_AVX512: best, INTEL_AVX512: best, AMD_AVX2: (0.27417945072978167, 0.12058051629468913)},
+                  unpinned_rel=(0.02, 0.02))
     # the baselines are the configurations make tune chose on ML-1M (params/movielens/tuning/), run here on smoke data
     assert {r["label"]: r["m"]["ndcg@10"] for r in c["baselines"]} == pytest.approx(
         {"Random": 0.047734, "Popularity": 0.059478, "Recent popularity": 0.048173, "ItemKNN (cosine)": 0.153599,
