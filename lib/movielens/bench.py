@@ -75,8 +75,11 @@ def main(argv=None) -> int:
         best = _train_and_rank(args.best, overrides) if args.best else None
     device = record["device"].split(":")[0]
     target = TARGETS.get(device, TARGETS["cpu"])
+    from ..core.rendering import machine
+    m = machine()  # speed, like the figures' last bits, depends on the kind of CPU: name it
     print(f"{run.cfg['run']}: device {record['device']}, torch threads {run.cfg['train']['threads']}, "
-          f"{torch.get_num_threads()} after training; machine: {os.cpu_count()} CPUs"
+          f"{torch.get_num_threads()} after training; machine: {m['cpu']}, {os.cpu_count()} CPUs, "
+          f"torch CPU kernels {m['torch_cpu_capability']}"
           + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""))
     rows = []
     epochs = info.get("history")
