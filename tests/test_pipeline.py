@@ -44,8 +44,8 @@ def _check_pinned(observed: tuple, pins: dict, unpinned_rel: tuple) -> None:
     near = [k for k, want in pins.items()
             if all(o == pytest.approx(w, rel=r) for o, w, r in zip(observed, want, unpinned_rel, strict=True))]
     assert near, f"{kind} (no figures pinned): {observed} is within {unpinned_rel} of no pinned kind: {pins}"
-    warnings.warn(f"machine kind {kind!r} has no pinned figures: pin {observed!r} (within the tolerance of {near[0]!r})",
-                  stacklevel=2)
+    warnings.warn(f"machine kind {kind!r} has no pinned figures: pin {observed!r} "
+                  f"(within the tolerance of {near[0]!r})", stacklevel=2)
 
 
 @pytest.mark.unit

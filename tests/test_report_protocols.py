@@ -112,3 +112,26 @@ def test_decomposition_names_the_part_that_moves_ndcg_most():
     gap["test"]["tt_warm"] = 0.10  # now time moves it most, by magnitude (a drop of 0.115)
     assert report._decomposition(gap, loss_sweep, rank_sweep, {"warm_ndcg": 0.14})["largest"]["part"] == "time"
     assert report._decomposition(None, None, None, None) is None
+
+
+def test_seed_flips_name_the_metrics_where_one_seed_and_the_seed_mean_disagree():
+    """The summary warns where the one-seed verdict and the seed-averaged one (same
+    configuration, same dataset, reference protocol) differ, and only there."""
+    from lib.movielens import report
+    one_seed = [{"metric": "recall@10", "wins": False}, {"metric": "ndcg@10", "wins": False},
+                {"metric": "hit_rate@10", "wins": False}]
+
+    def table(dataset, protocol, params, wins):
+        return {"dataset": dataset, "protocol": protocol,
+                "verdicts": [{"metric": m, "wins": w, "two_tower_params": params, "two_tower_seeds": 3}
+                             for m, w in zip(("recall@10", "ndcg@10", "hit_rate@10"), wins)]}
+    tables = [table("ml-1m", "reference", "u11.yaml", (False, False, True)),
+              table("ml-1m", "refit", "u11.yaml", (True, True, True)),         # another protocol
+              table("ml-100k", "reference", "u11.yaml", (True, True, True)),   # another dataset
+              table("ml-1m", "reference", "u5.yaml", (True, True, True))]      # another configuration
+    assert report._seed_flips(one_seed, tables, "u11.yaml", "ml-1m", 0) == [
+        {"metric": "hit_rate@10", "seed": 0, "one_seed_wins": False, "seed_mean_wins": True, "seeds": 3}]
+    assert report._seed_flips(one_seed, tables[1:], "u11.yaml", "ml-1m", 0) == []
+    assert report._seed_flips([{**v, "wins": True} for v in one_seed], tables, "u11.yaml", "ml-1m", 7) == [
+        {"metric": m, "seed": 7, "one_seed_wins": True, "seed_mean_wins": False, "seeds": 3}
+        for m in ("recall@10", "ndcg@10")]

@@ -397,7 +397,8 @@ def _protocol_table(get, rcfg: dict, protocol: str, dataset_label: str, base_ent
         p = stats.paired_bootstrap(tt["per_user"][metric], top["per_user"][metric], n_boot=rcfg["bootstrap"], seed=0)
         diff = tt["mean"][metric] - top["mean"][metric]
         verdicts.append({"dataset": dataset, "protocol": protocol, "metric": metric, "two_tower": tt["mean"][metric],
-                         "two_tower_run": tt["run"], "two_tower_seeds": tt["seeds"], "best_baseline": top["label"],
+                         "two_tower_run": tt["run"], "two_tower_params": tt_params, "two_tower_seeds": tt["seeds"],
+                         "best_baseline": top["label"],
                          "baseline": top["mean"][metric], "baseline_run": top["run"], "diff": diff,
                          "ci_low": p["low"], "ci_high": p["high"], "p_value": p["p_value"],
                          "wins": bool(diff >= 0 and p["high"] >= 0)})
@@ -540,6 +541,20 @@ def _verdicts(best_tt: dict, rows: list[dict]) -> list[dict]:
         out.append({"metric": metric, "best_baseline": top["label"], "baseline": top["m"][metric],
                     "two_tower": best_tt["m"][metric], "wins": best_tt["m"][metric] >= top["m"][metric]})
     return out
+
+
+def _seed_flips(verdicts: list[dict], protocol_tables: list[dict], best_params: str | None, dataset: str,
+                seed: int) -> list[dict]:
+    """The summary's metrics where the verdict of the best two-tower trained with one seed
+    (``verdicts``) and the seed-averaged verdict of the same configuration on the same dataset
+    (reference protocol) differ: there the gap to the best baseline is within the spread
+    between seeds (a seed, or a last-bit change of training such as another kind of CPU,
+    moves it across zero), and the one-seed verdict is not evidence either way."""
+    means = {v["metric"]: v for t in protocol_tables for v in t["verdicts"]
+             if (t["dataset"], t["protocol"], v["two_tower_params"]) == (dataset, "reference", best_params)}
+    return [{"metric": v["metric"], "seed": seed, "one_seed_wins": v["wins"],
+             "seed_mean_wins": means[v["metric"]]["wins"], "seeds": means[v["metric"]]["two_tower_seeds"]}
+            for v in verdicts if v["metric"] in means and v["wins"] != means[v["metric"]]["wins"]]
 
 
 def render_report(rcfg: dict) -> dict:
@@ -692,6 +707,8 @@ def render_report(rcfg: dict) -> dict:
         "rank_sweep": rank_sweep, "sequence_rows": sequence_rows, "best_pooled": best_pooled, "gap": gap,
         "loss_sweep": loss_sweep, "decomposition": decomposition,
         "protocol_tables": protocol_tables, "tuning": _tuning_tables(rcfg["tuning"]),
+        "seed_flips": _seed_flips(verdicts, protocol_tables, best_params, main["config"]["data"]["dataset"],
+                                  best["config"]["seed"]) if best_params else [],
         "tuned_baselines": [r["label"] for r in base_rows
                             if rcfg["tuning"] and Path(r["params"]).parent == Path(rcfg["tuning"])],
         "seeds": rcfg["seeds"],
