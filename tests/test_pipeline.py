@@ -1,6 +1,6 @@
 """End to end: params file -> papermill notebooks -> metrics -> report.
 
-The figures are pinned (pytest.approx): training is deterministic on CPU, so a change in
+The figures are pinned (pytest.approx): training is deterministic on one kind of CPU, so a change in
 any of them means a change of behaviour, which must be deliberate (then re-pin them)."""
 import json
 import warnings
@@ -24,7 +24,7 @@ SMOKE = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 1, "batch_siz
 # that kind's figures, all of them, to 1e-6. On a kind with no pins yet, each figure must lie
 # within the test's stated tolerance of one pinned kind's (a few times the spread between the
 # kinds), and a warning prints the figures to pin for it.
-AMD_AVX512 = "AMD EPYC / AVX512"  # the machines of 2026-11, where the committed reports were rendered until then
+AMD_AVX512 = "AMD EPYC / AVX512"  # the machines of 2026-11 (the committed reports were rendered there until 2026-12-02)
 AMD_AVX2 = "AMD EPYC / AVX2"
 INTEL_AVX512 = "Intel(R) Xeon(R) Processor / AVX512"
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     from ..core.rendering import machine
     m = machine()  # speed, like the figures' last bits, depends on the kind of CPU: name it
     print(f"{run.cfg['run']}: device {record['device']}, torch threads {run.cfg['train']['threads']}, "
-          f"{torch.get_num_threads()} after training; machine: {m['cpu']}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} after training; machine: {m['cpu']}, {m['cores']} CPUs, "
           f"torch CPU kernels {m['torch_cpu_capability']}"
           + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""))
     rows = []
