@@ -120,6 +120,64 @@ def test_full_softmax_never_masks_the_target():
     assert torch.isfinite(loss) and loss == pytest.approx(0.0, abs=1e-6)
 
 
+def _plain_full_softmax(u, items, target, t, exclude_mask):
+    """``losses.full_softmax`` as plain torch composes it: a new matrix at each step."""
+    mask = exclude_mask.clone()
+    mask[torch.arange(len(target)), target] = False
+    return torch.nn.functional.cross_entropy((u @ items.T / t).masked_fill(mask, float("-inf")), target)
+
+
+def _plain_in_batch(u, v, t, ids, log_q, user_rows):
+    logits = u @ v.T / t
+    logits = logits[user_rows] - log_q[None, :]
+    same = ids[:, None] == ids[None, :]
+    same[torch.arange(len(ids)), torch.arange(len(ids))] = False
+    return torch.nn.functional.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(ids)))
+
+
+@pytest.mark.parametrize("b", [64, 1000])  # a power of two and not: the NLL gradient 1/b rounds
+def test_masked_losses_equal_plain_torch_bit_for_bit(b):
+    """The in-place, fused masked cross-entropy (``losses.masked_cross_entropy``): the same
+    loss and the same gradients, to the last bit, as the masked_fill + cross_entropy
+    composition, through a weighted mix (an upstream gradient other than 1). Under
+    deterministic algorithms, as training runs (else the index backward's accumulation order
+    varies with the threads, between two runs of the same composition too)."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        _check_masked_losses_bit_for_bit(b)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _check_masked_losses_bit_for_bit(b: int) -> None:
+    g = torch.Generator().manual_seed(b)
+    n, d = 300, 16
+    u0 = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1)
+    items0 = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    target = torch.randint(0, n, (b,), generator=g)
+    seen = torch.rand(b, n, generator=g) < 0.3
+    ids = torch.randint(0, b // 4, (b,), generator=g)  # repeated items: accidental hits to mask
+    log_q = torch.log(torch.rand(b, generator=g))
+    rows = torch.randint(0, b // 2, (b,), generator=g)
+    runs = []
+    for full_softmax, in_batch in ((losses.full_softmax, losses.in_batch_softmax),
+                                   (_plain_full_softmax, None)):
+        u, items = u0.clone().requires_grad_(), items0.clone().requires_grad_()
+        full = full_softmax(u, items, target, 0.05, seen.clone())
+        ub, vb = u0[: b // 2].clone().requires_grad_(), items0[ids].clone().requires_grad_()
+        if in_batch is None:
+            batch = _plain_in_batch(ub, vb, 0.05, ids, log_q, rows)
+        else:
+            batch = in_batch(ub, vb, 0.05, item_ids=ids, log_q=log_q, remove_accidental_hits=True, user_rows=rows)
+        (0.7 * full + 0.3 * batch).backward()
+        runs.append((full.detach(), batch.detach(), u.grad, items.grad, ub.grad, vb.grad))
+    fused, plain = runs
+    assert bool(seen.any(1).all()) and bool((ids[:, None] == ids[None, :]).sum() > b)  # masks that mask
+    for got, want in zip(fused, plain):
+        assert torch.equal(got, want)
+
+
 def test_history_leaves_the_target_out(synthetic_data):
     """The training target must not be part of its own user representation."""
     model = dict(MODEL, history="mean", user_features=False)

@@ -23,10 +23,10 @@ def in_batch_softmax(user: torch.Tensor, pos: torch.Tensor, temperature: float,
     users (data-parallel training: the global batch's positives are every process's
     negatives); ``item_ids`` and ``log_q`` then describe its columns.
     """
-    logits = user @ pos.T / temperature
+    logits = (user @ pos.T).div_(temperature)  # in place: the product is used only here
     if user_rows is not None:
         logits = logits[user_rows]
-    return in_batch_softmax_logits(logits, item_ids, log_q, remove_accidental_hits, first_row)
+    return _in_batch_cross_entropy(logits, item_ids, log_q, remove_accidental_hits, first_row)
 
 
 def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None = None,
@@ -43,6 +43,16 @@ def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None 
     """
     if log_q is not None:
         logits = logits - log_q[None, :]
+    elif remove_accidental_hits:
+        logits = logits.clone()  # the mask goes in place: the caller's matrix stays as it is
+    return _in_batch_cross_entropy(logits, item_ids, None, remove_accidental_hits, first_row)
+
+
+def _in_batch_cross_entropy(logits: torch.Tensor, item_ids: torch.Tensor | None, log_q: torch.Tensor | None,
+                            remove_accidental_hits: bool, first_row: int) -> torch.Tensor:
+    """``in_batch_softmax_logits`` on a ``logits`` matrix of its own: overwritten in place."""
+    if log_q is not None:
+        logits = logits.sub_(log_q[None, :])
     rows = torch.arange(logits.shape[0], device=logits.device)
     labels = rows + first_row
     if remove_accidental_hits:
@@ -50,8 +60,40 @@ def in_batch_softmax_logits(logits: torch.Tensor, item_ids: torch.Tensor | None 
             raise ValueError("remove_accidental_hits needs item_ids")
         same = item_ids[labels][:, None] == item_ids[None, :]
         same[rows, labels] = False
-        logits = logits.masked_fill(same, float("-inf"))
+        return masked_cross_entropy(logits, labels, same)
     return F.cross_entropy(logits, labels)
+
+
+class _MaskedCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits.masked_fill(mask, -inf), labels)`` (mean), the mask applied in
+    place, with the same kernels forward and backward (log-softmax, NLL) minus one: the
+    masked_fill backward, which would zero the masked entries of a gradient whose masked
+    entries are exactly zero already (softmax backward: g - exp(-inf) * sum(g) = +0, and the
+    NLL gradient is zero off the label, never masked). Same loss and gradients bit for bit
+    (tests check it), one pass fewer over the (B, n) matrix forward and one backward."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # consumed, not marked dirty: the gradient returned is the one with respect to the
+        # logits before the mask (zero at masked entries), so the graph needs no new version
+        logits.masked_fill_(mask, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1)
+        loss, total_weight = torch.ops.aten.nll_loss_forward(logp, labels, None, 1, -100)  # 1: mean
+        ctx.save_for_backward(logp, labels, total_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logp, labels, total_weight = ctx.saved_tensors
+        g = torch.ops.aten.nll_loss_backward(grad, logp, labels, None, 1, -100, total_weight)
+        return torch.ops.aten._log_softmax_backward_data(g, logp, 1, logp.dtype), None, None
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` with the entries under ``mask`` at -inf (never a label:
+    the caller clears it). ``logits`` is overwritten: pass a matrix no one else reads (a
+    product, not a leaf)."""
+    return _MaskedCrossEntropy.apply(logits, labels, mask)
 
 
 def in_batch_softmax_distinct(scores: torch.Tensor, row_of: torch.Tensor, col_of: torch.Tensor,
@@ -98,9 +140,9 @@ def full_softmax(user: torch.Tensor, all_items: torch.Tensor, item_ids: torch.Te
                  temperature: float, exclude_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Score the whole catalog; ``exclude_mask`` (B, n_items) masks the user's *other*
     training positives (accidental hits), never the target itself."""
-    logits = user @ all_items.T / temperature
+    logits = (user @ all_items.T).div_(temperature)  # in place: the product is used only here
     if exclude_mask is not None:
         mask = exclude_mask.clone()
         mask[torch.arange(len(item_ids), device=mask.device), item_ids] = False
-        logits = logits.masked_fill(mask, float("-inf"))
+        return masked_cross_entropy(logits, item_ids, mask)
     return F.cross_entropy(logits, item_ids)

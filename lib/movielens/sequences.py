@@ -211,7 +211,7 @@ class NextItemLoss:
         w = self.weights[u][:, -targets.shape[1]:]
         at = (inputs > 0) & (w > 0)  # an input item, and a target (later, so real too) that counts
         w = w[at]
-        logits = out[at] @ self.model.item_tower().T / self.cfg["temperature"]
+        logits = (out[at] @ self.model.item_tower().T).div_(self.cfg["temperature"])  # in place: used only here
         target = targets[at] - 1
         if self.cfg["remove_accidental_hits"]:
             b, length = inputs.shape
@@ -223,7 +223,7 @@ class NextItemLoss:
             first.scatter_reduce_(1, inputs, steps.expand(b, -1), reduce="amin")
             seen = (first[:, None, 1:n_items + 1] <= steps[None, :, None])[at]
             seen[torch.arange(len(target), device=self.device), target] = False
-            logits = logits.masked_fill(seen, float("-inf"))
+            logits = logits.masked_fill_(seen, float("-inf"))
         if self.next_items == 1:
             loss = F.cross_entropy(logits, target, reduction="none")
         else:
