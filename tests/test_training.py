@@ -135,6 +135,11 @@ def _plain_in_batch(u, v, t, ids, log_q, user_rows):
     return torch.nn.functional.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(ids)))
 
 
+def _fused_in_batch(u, v, t, ids, log_q, user_rows):
+    return losses.in_batch_softmax(u, v, t, item_ids=ids, log_q=log_q, remove_accidental_hits=True,
+                                   user_rows=user_rows)
+
+
 @pytest.mark.parametrize("b", [64, 1000])  # a power of two and not: the NLL gradient 1/b rounds
 def test_masked_losses_equal_plain_torch_bit_for_bit(b):
     """The in-place, fused masked cross-entropy (``losses.masked_cross_entropy``): the same
@@ -161,15 +166,12 @@ def _check_masked_losses_bit_for_bit(b: int) -> None:
     log_q = torch.log(torch.rand(b, generator=g))
     rows = torch.randint(0, b // 2, (b,), generator=g)
     runs = []
-    for full_softmax, in_batch in ((losses.full_softmax, losses.in_batch_softmax),
-                                   (_plain_full_softmax, None)):
+    for full_softmax, in_batch in ((losses.full_softmax, _fused_in_batch),
+                                   (_plain_full_softmax, _plain_in_batch)):
         u, items = u0.clone().requires_grad_(), items0.clone().requires_grad_()
         full = full_softmax(u, items, target, 0.05, seen.clone())
         ub, vb = u0[: b // 2].clone().requires_grad_(), items0[ids].clone().requires_grad_()
-        if in_batch is None:
-            batch = _plain_in_batch(ub, vb, 0.05, ids, log_q, rows)
-        else:
-            batch = in_batch(ub, vb, 0.05, item_ids=ids, log_q=log_q, remove_accidental_hits=True, user_rows=rows)
+        batch = in_batch(ub, vb, 0.05, ids, log_q, rows)
         (0.7 * full + 0.3 * batch).backward()
         runs.append((full.detach(), batch.detach(), u.grad, items.grad, ub.grad, vb.grad))
     fused, plain = runs
