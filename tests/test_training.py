@@ -323,6 +323,44 @@ def test_grouped_fast_path_equals_general_loss(synthetic_data, kind, logq, hits)
     assert float(fast) == pytest.approx(float(general), rel=1e-5)
 
 
+@pytest.mark.parametrize("logq,hits", [(False, False), (True, True)])
+def test_in_batch_loss_embeds_only_the_batch_items_and_gives_the_catalog_loss(synthetic_data, logq, hits,
+                                                                              monkeypatch):
+    """The in-batch loss embeds the batch's distinct items instead of the catalog: the same
+    loss and gradients (no dropout: the draws are the only other difference), for a whole
+    batch and for one process's rows of a data-parallel batch; and fewer items embedded."""
+    tr = Trainer(synthetic_data, dict(MODEL, dropout=0.0, id_embeddings=True, history="recency"),
+                 dict(study.DEFAULTS["loss"], kind="in_batch", logq_correction=logq, remove_accidental_hits=hits),
+                 TRAIN, seed=0)
+    assert not tr.model.item_tower.grouped
+    users, items = tr.train_users[:64], tr.train_items[:64]
+    assert len(np.unique(items)) < min(64, synthetic_data.n_items)  # repeated items: accidental hits exist
+    embedded = []  # how many items each item-tower call embeds (None: the catalog)
+    forward = type(tr.model.item_tower).forward
+
+    def counting_forward(self, rows=None):
+        embedded.append(None if rows is None else len(rows))
+        return forward(self, rows)
+    monkeypatch.setattr(type(tr.model.item_tower), "forward", counting_forward)
+
+    def loss_and_grads(batch_items_only, **rows):
+        tr.loss.batch_items_only = batch_items_only
+        tr.model.zero_grad(set_to_none=True)
+        loss = tr.loss(users[16:48], items[16:48], None, **rows) if rows else tr.loss(users, items, None)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in tr.model.parameters() if p.grad is not None]
+
+    for rows in ({}, {"batch_items": items, "first_row": 16}):
+        embedded.clear()
+        subset, subset_grads = loss_and_grads(True, **rows)
+        catalog, catalog_grads = loss_and_grads(False, **rows)
+        assert embedded == [len(np.unique(items)), None]
+        assert subset == pytest.approx(catalog, rel=1e-6)
+        assert len(subset_grads) == len(catalog_grads)
+        for a, b in zip(subset_grads, catalog_grads):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_hard_negatives_are_unseen_top_items_and_the_seen_mask_is_the_same_both_ways(synthetic_data, monkeypatch):
     """Mined hard negatives come from the current model's top unseen items, never a training
     item of the user; the users x items mask kept on the device gives the rows the host
