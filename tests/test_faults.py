@@ -341,3 +341,20 @@ def test_a_hard_negative_pool_larger_than_the_catalog_is_named(synthetic_data):
     loss = dict(steps.DEFAULTS["loss"], num_hard_negatives=4, hard_negative_pool=100_000)
     with pytest.raises(ParamsError, match=r"hard_negative_pool \(100000\) is larger than the catalog \(\d+ items\)"):
         Trainer(synthetic_data, steps.DEFAULTS["model"], loss, steps.DEFAULTS["train"], seed=0)
+
+
+@pytest.mark.unit
+def test_a_hard_negative_pool_larger_than_a_users_unseen_items_is_named(synthetic_data):
+    """A pool larger than what some user has not seen would mine that user's training items."""
+    import numpy as np
+
+    from lib.movielens import steps
+    from lib.movielens.train import Trainer
+    n_unseen = synthetic_data.n_items - np.diff(synthetic_data.matrix("train").indptr)
+    user = int(np.argmin(n_unseen))
+    loss = dict(steps.DEFAULTS["loss"], num_hard_negatives=1, hard_negative_pool=int(n_unseen[user]) + 1)
+    with pytest.raises(ParamsError, match=rf"hard_negative_pool \({n_unseen[user] + 1}\) is larger than the "
+                                          rf"{n_unseen[user]} items user row {user} has not seen in training"):
+        Trainer(synthetic_data, steps.DEFAULTS["model"], loss, steps.DEFAULTS["train"], seed=0)
+    loss["hard_negative_pool"] = int(n_unseen[user])  # the largest pool that holds only unseen items
+    Trainer(synthetic_data, steps.DEFAULTS["model"], loss, steps.DEFAULTS["train"], seed=0)
