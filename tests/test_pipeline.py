@@ -24,7 +24,7 @@ SMOKE = {"data": {"dataset": "synthetic"}, "train": {"max_epochs": 1, "batch_siz
 # that kind's figures, all of them, to 1e-6. On a kind with no pins yet, each figure must lie
 # within the test's stated tolerance of one pinned kind's (a few times the spread between the
 # kinds), and a warning prints the figures to pin for it.
-AMD_AVX512 = "AMD EPYC / AVX512"  # the machines of 2026-11 (the committed reports were rendered there until 2026-12-02)
+AMD_AVX512 = "AMD EPYC / AVX512"  # the machines of 2026-11 and 2026-12-06 (the committed MovieLens report's)
 AMD_AVX2 = "AMD EPYC / AVX2"  # the name this kind reports (seen 2026-12-02: its run took the exact path)
 INTEL_AVX512 = "Intel(R) Xeon(R) Processor / AVX512"
 

@@ -1,6 +1,7 @@
 """The runner as a user meets it: parallel runs that fail say why, Ctrl-C stops them, and
 --check checks every file."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def test_progress_gives_the_count_and_the_time_left_at_the_pace_so_far():
 
 
 @pytest.mark.unit
-def test_a_command_run_alongside_the_runs_gates_the_render_and_stops_with_them(tmp_path, monkeypatch):
+def test_a_command_run_alongside_the_runs_gates_the_render_and_stops_with_them(tmp_path, monkeypatch, capsys):
     """report(alongside=...): the command runs while the runs execute; the report renders
     only after it succeeded; a failed command is named with its log and nothing renders; if
     the runs fail, the command is stopped (its whole process group) and nothing renders."""
@@ -224,9 +225,18 @@ def test_a_command_run_alongside_the_runs_gates_the_render_and_stops_with_them(t
     monkeypatch.setattr(runner, "run_many", lambda items, **kw: None)
     runner.report(report_file, alongside=f"sleep 0.5 && touch {flag}")
     assert flag.is_file() and rendered == ["04_compare.ipynb"] and started[-1].returncode == 0
+    # a command that ended while the runs went on: its time is until its last output, not until the runs ended
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: time.sleep(3))
+    runner.report(report_file, alongside="sleep 0.6; echo done")
+    last = capsys.readouterr().out.splitlines()[-1]
+    took = re.fullmatch(r"the command run alongside the runs had ended before the runs, (\d+) s after its start "
+                        r"\(its last output\)", last)
+    assert took and 0 < int(took[1]) < 3, last
+    monkeypatch.setattr(runner, "run_many", lambda items, **kw: None)
     rendered.clear()
-    with pytest.raises(runner.RunFailed, match=r"the command run alongside the runs failed \(exit status 3\) after "
-                                                r"\d+ s: echo broken; exit 3; its output is in .*alongside.log"):
+    with pytest.raises(runner.RunFailed, match=r"the command run alongside the runs failed \(exit status 3; it "
+                                                r"(had )?ended (before the runs, )?\d+ s after its start( \(its last "
+                                                r"output\))?\): echo broken; exit 3; its output is in .*alongside.log"):
         runner.report(report_file, alongside="echo broken; exit 3")
     assert rendered == [] and started[-1].log.read_text() == "broken\n"
 

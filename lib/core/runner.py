@@ -277,20 +277,28 @@ def start_alongside(command: str, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
         proc = subprocess.Popen(command, shell=True, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(),
                                 start_new_session=True)
-    proc.command, proc.log, proc.started = command, log, time.monotonic()
+    proc.command, proc.log, proc.started = command, log, time.time()
     return proc
 
 
 def finish_alongside(proc: subprocess.Popen) -> None:
-    """Wait for the command run alongside; raises ``RunFailed`` (naming it and its log) if it failed."""
-    if proc.poll() is None:
+    """Wait for the command run alongside; raises ``RunFailed`` (naming it and its log) if it failed.
+    Its time: until now if it was still running, else until its last output (the log's last
+    write: nothing polled it while the runs went on)."""
+    ended_before = proc.poll() is not None
+    if not ended_before:
         print(f"waiting for the command run alongside the runs: {proc.command}", flush=True)
     status = proc.wait()
-    seconds = time.monotonic() - proc.started
+    if ended_before:
+        seconds = max(proc.log.stat().st_mtime - proc.started, 0.0)
+        took = f"had ended before the runs, {seconds:.0f} s after its start (its last output)"
+    else:
+        seconds = time.time() - proc.started
+        took = f"ended {seconds:.0f} s after its start"
     if status != 0:
-        raise RunFailed(f"the command run alongside the runs failed (exit status {status}) after {seconds:.0f} s: "
+        raise RunFailed(f"the command run alongside the runs failed (exit status {status}; it {took}): "
                         f"{proc.command}; its output is in {proc.log}; nothing was rendered")
-    print(f"the command run alongside the runs finished in {seconds:.0f} s", flush=True)
+    print(f"the command run alongside the runs {took}", flush=True)
 
 
 def stop_alongside(proc: subprocess.Popen, grace: float = 10.0) -> None:
