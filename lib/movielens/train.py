@@ -325,19 +325,12 @@ class InteractionLoss:
         else:
             user_vec = tower(u_t, leave_out=i_t if leave_out_target else None)
         temp, kind = cfg["temperature"], cfg["kind"]
-        if kind == "in_batch" and self.batch_items_only:
-            # every logit is against a batch item: the tower embeds the batch's distinct items,
-            # not the catalog (ML-1M, B = 1024: about 750 of 3,416 items). Each distinct item is
-            # embedded once (one dropout mask per item, as over the catalog).
-            items, col_of = torch.unique(batch_i, return_inverse=True)
-            return losses.in_batch_softmax(
-                user_vec if user_rows is None else user_distinct, self.model.item_tower(items)[col_of], temp,
-                item_ids=batch_i, user_rows=user_rows, log_q=self.log_q[batch_i] if cfg["logq_correction"] else None,
-                remove_accidental_hits=cfg["remove_accidental_hits"], first_row=first_row)
-        all_items = self.model.item_tower()
-        pos = F.embedding(i_t, all_items)
+        # the in-batch loss alone reads only batch items: then the tower embeds the batch's distinct
+        # items, not the catalog (ML-1M, B = 1024: about 750 of 3,416 items)
+        all_items = None if kind == "in_batch" and self.batch_items_only else self.model.item_tower()
         terms = {}
         if kind in ("explicit", "mixed"):
+            pos = F.embedding(i_t, all_items)
             neg_ids = torch.as_tensor(negatives, device=self.device)
             if cfg["num_hard_negatives"] > 0:
                 with torch.no_grad():
@@ -345,8 +338,13 @@ class InteractionLoss:
                 neg_ids = torch.cat([neg_ids, self.hard_negatives(u_t, scores)], dim=1)
             terms["explicit"] = losses.sampled_softmax(user_vec, pos, F.embedding(neg_ids, all_items), temp)
         if kind in ("in_batch", "mixed"):
+            if all_items is None:  # each distinct item embedded once: one dropout mask per item, as over the catalog
+                items, col_of = torch.unique(batch_i, return_inverse=True)
+                columns = self.model.item_tower(items)[col_of]
+            else:
+                columns = F.embedding(batch_i, all_items)
             terms["in_batch"] = losses.in_batch_softmax(
-                user_vec if user_rows is None else user_distinct, F.embedding(batch_i, all_items), temp,
+                user_vec if user_rows is None else user_distinct, columns, temp,
                 item_ids=batch_i, user_rows=user_rows, log_q=self.log_q[batch_i] if cfg["logq_correction"] else None,
                 remove_accidental_hits=cfg["remove_accidental_hits"], first_row=first_row)
         if kind == "full_softmax":
